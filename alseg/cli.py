@@ -1,0 +1,86 @@
+"""The `alseg` command: `run` and `data` are Hydra apps over the packaged configs; `plot` is argparse."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from alseg.errors import AlsegError
+
+log = logging.getLogger("alseg")
+CONFIG_PATH = "pkg://alseg.conf"
+
+USAGE = """usage: alseg COMMAND [ARGS]
+
+Active-learning experiments for semantic segmentation.
+
+commands:
+  run [overrides]          run one experiment (Hydra overrides, e.g. strategy=margin seed=1)
+  run -m [sweep overrides] run a sweep, e.g. alseg run -m strategy=random,margin seed=0,1
+  plot PATH [PATH ...]     curves and tables from every run found under PATHs
+  data [overrides]         check a dataset: layout, counts, class shares
+
+`alseg run --help` lists the config groups and the composed config;
+`alseg plot --help` lists the plot options.
+"""
+
+_failures: list[str] = []
+
+
+def _report(exc: AlsegError) -> None:
+    """One clear message instead of a traceback (HYDRA_FULL_ERROR=1 or ALSEG_DEBUG=1 show it)."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1" or os.environ.get("ALSEG_DEBUG") == "1":
+        raise exc
+    log.error("error: %s", exc)
+    _failures.append(str(exc))
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="config")
+def _run_app(cfg: DictConfig) -> None:
+    from alseg.experiment import run
+
+    out_dir = HydraConfig.get().runtime.output_dir
+    try:
+        summary = run(cfg, out_dir)
+        log.info("run finished: final mIoU %.2f; results in %s", summary["final_miou"] or float("nan"), out_dir)
+    except AlsegError as exc:  # recorded in summary.json; a sweep goes on with its other jobs
+        _report(exc)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="config")
+def _data_app(cfg: DictConfig) -> None:
+    from alseg.datacheck import check_dataset
+
+    try:
+        check_dataset(cfg.dataset, HydraConfig.get().runtime.output_dir)
+    except AlsegError as exc:
+        _report(exc)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the `alseg` console script."""
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return
+    command, rest = argv[0], argv[1:]
+    if command == "plot":
+        from alseg.plot import main as plot_main
+
+        sys.exit(plot_main(rest))
+    apps = {"run": _run_app, "data": _data_app}
+    if command not in apps:
+        print(f"alseg: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+        sys.exit(2)
+    sys.argv = [f"alseg {command}", *rest]
+    apps[command]()
+    if _failures:
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,319 @@
+"""The active-learning loop: train -> score the pool -> ask the oracle -> retrain.
+
+`run(cfg, out_dir)` takes a plain config (no Hydra runtime needed), so tests and notebooks
+call it directly. Everything a run writes is described in README.md ("Outputs").
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from alseg import query
+from alseg.data import load_dataset
+from alseg.errors import AlsegError
+from alseg.metrics import iou_per_class, miou, pixel_accuracy
+from alseg.model import build_model
+from alseg.oracle import NO_LABEL, Oracle
+from alseg.overlay import save_query_overlay
+from alseg.pool import Pool, atomic_write
+from alseg.regions import build_regions
+from alseg.strategies import STRATEGIES, build_strategy
+from alseg.train import evaluate, train_cycle
+
+log = logging.getLogger(__name__)
+
+BUDGETS = ("per_image", "clicks", "full")
+# Keys that may change between a run and its resumption without changing its results.
+RESUME_FREE_KEYS = {"resume", "device", "save_model", "dataset.root", "dataset.cache_dir"}
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA when available."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise AlsegError("device=cuda but no CUDA device is visible; use device=cpu or device=auto")
+    if name not in ("cpu", "cuda"):
+        raise AlsegError(f"device must be auto, cpu or cuda, got {name!r}")
+    return torch.device(name)
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Reject impossible settings before any work is done."""
+    b = cfg.budget
+    if b.name not in BUDGETS:
+        raise AlsegError(f"unknown budget {b.name!r}; available: {', '.join(BUDGETS)}")
+    if b.name != "full":
+        if b.initial <= 0 or b.per_cycle <= 0 or b.cycles < 0:
+            raise AlsegError("budget.initial and budget.per_cycle must be > 0 and budget.cycles >= 0")
+        if b.name == "per_image" and (int(b.initial) != b.initial or int(b.per_cycle) != b.per_cycle):
+            raise AlsegError("budget=per_image counts regions per image: budget.initial and budget.per_cycle must be integers")
+    if cfg.strategy.name not in STRATEGIES:
+        raise AlsegError(f"unknown strategy {cfg.strategy.name!r}; available: {', '.join(sorted(STRATEGIES))}")
+    if cfg.strategy.class_balance and not STRATEGIES[cfg.strategy.name].needs_model:
+        raise AlsegError("strategy.class_balance weights model scores by predicted class: use it with a model-based strategy, not random")
+    top = cfg.strategy.top_percent
+    if top is not None and not 0 < top <= 1:
+        raise AlsegError(f"strategy.top_percent must be in (0, 1], got {top}")
+    if cfg.strategy.aggregate not in ("mean", "sum", "max"):
+        raise AlsegError(f"strategy.aggregate must be mean, sum or max, got {cfg.strategy.aggregate!r}")
+    if cfg.save_model not in ("last", "every", "never"):
+        raise AlsegError(f"save_model must be last, every or never, got {cfg.save_model!r}")
+    if cfg.train.epochs < 1 or cfg.train.batch_size < 1:
+        raise AlsegError("train.epochs and train.batch_size must be >= 1")
+
+
+class RunFiles:
+    """metrics.csv, summary.json, curve.png and state/ of one run directory."""
+
+    def __init__(self, out: Path, cfg: DictConfig, info: dict):
+        self.out, self.cfg, self.info = out, cfg, info
+        self.state = out / "state"
+
+    def write_metrics(self, rows: list[dict]) -> None:
+        atomic_write(self.out / "metrics.csv", lambda f: pd.DataFrame(rows).to_csv(f, index=False), "w")
+
+    def write_summary(self, status: str, rows: list[dict], message: str | None = None, **extra) -> None:
+        from alseg.results import auc
+
+        x = [r["clicks"] for r in rows]
+        y = [r["miou"] for r in rows]
+        summary = {
+            "status": status,
+            "message": message,
+            **self.info,
+            "cycles_done": len(rows),
+            "final_miou": y[-1] if y else None,
+            "auc": auc(x, y) if len(rows) > 1 else None,
+            **extra,
+            "config": OmegaConf.to_container(self.cfg, resolve=True),
+        }
+        atomic_write(self.out / "summary.json", lambda f: json.dump(summary, f, indent=1), "w")
+
+    def write_curve(self, rows: list[dict]) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        ax.plot([r["clicks"] for r in rows], [r["miou"] for r in rows], "o-")
+        ax.set(xlabel="clicks", ylabel="mIoU (%)", title=f"{self.info['strategy']}, {self.info['region']}, seed {self.info['seed']}")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(self.out / "curve.png", dpi=100)
+        plt.close(fig)
+
+    def save_state(self, cycle: int, pool: Pool, model: torch.nn.Module, generator: torch.Generator, rng: np.random.Generator) -> None:
+        """State of a completed cycle in its own folder; `latest.json`, written last and
+        atomically, points at it, so a kill at any moment leaves a consistent state."""
+        folder = self.state / f"cycle_{cycle:02d}"
+        if folder.exists():
+            shutil.rmtree(folder)
+        pool.save(folder, {"cycle": cycle, "numpy_rng": rng.bit_generator.state})
+        atomic_write(folder / "model.pt", lambda f: torch.save(model.state_dict(), f))
+        atomic_write(folder / "torch_rng.pt", lambda f: torch.save(generator.get_state(), f))
+        config = OmegaConf.to_container(self.cfg, resolve=True)
+        atomic_write(self.state / "latest.json", lambda f: json.dump({"cycle": cycle, "config": config}, f), "w")
+        for old in self.state.glob("cycle_*"):
+            if old != folder:
+                shutil.rmtree(old)
+
+
+    def copy_model(self, cycle: int, target: Path) -> None:
+        """Keep the weights trained in `cycle` as `target` (for save_model=last|every)."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(self.state / f"cycle_{cycle:02d}" / "model.pt", target)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.update(_flatten(v, key + ".") if isinstance(v, dict) else {key: v})
+    return out
+
+
+def config_differences(saved: dict, current: dict) -> list[str]:
+    """Keys whose values differ between two configs, ignoring RESUME_FREE_KEYS."""
+    a, b = _flatten(saved), _flatten(current)
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if k not in RESUME_FREE_KEYS and a.get(k) != b.get(k)]
+
+
+def run(cfg: DictConfig, out_dir: str | Path) -> dict:
+    """Run one experiment into `out_dir`; returns the summary. Raises AlsegError for user errors
+    (after recording `"status": "failed"` and the message in summary.json)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    info = {
+        "dataset": cfg.dataset.name, "region": cfg.region.name, "annotation": cfg.annotation.name,
+        "strategy": cfg.strategy.name, "budget": cfg.budget.name, "seed": int(cfg.seed),
+    }
+    files = RunFiles(out, cfg, info)
+    rows: list[dict] = []
+    start_cycle = _prepare_output(cfg, files, rows)  # reads only: a refused resume changes nothing
+    if start_cycle is None:
+        return json.loads((files.out / "summary.json").read_text())
+    try:
+        return _run(cfg, files, rows, start_cycle)
+    except BaseException as exc:
+        message = str(exc) if isinstance(exc, AlsegError) else f"{type(exc).__name__}: {exc}"
+        files.write_summary("failed", rows, message)
+        raise
+
+
+def _run(cfg: DictConfig, files: RunFiles, rows: list[dict], start_cycle: int) -> dict:
+    check_config(cfg)
+    device = resolve_device(cfg.device)
+    files.write_summary("running", rows)
+
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    generator = torch.Generator().manual_seed(int(cfg.seed))
+    data = load_dataset(cfg.dataset)
+    n, (h, w), c = len(data.train), data.train.size, data.num_classes
+    files.info.update(num_train_images=n, image_size=[h, w], class_names=list(data.class_names))
+    cache_dir = str(Path(cfg.dataset.cache_dir).expanduser())
+    data_key = {k: v for k, v in OmegaConf.to_container(cfg.dataset, resolve=True).items() if k != "cache_dir"}
+    regions = build_regions(cfg.region, data.train.images, cache_dir, {"dataset": data_key, "split": "train"})
+    oracle = Oracle(cfg.annotation, regions, data.train.labels, c, rng)
+    strategy = build_strategy(cfg.strategy)
+    random_strategy = STRATEGIES["random"](cfg.strategy)
+    model = build_model(cfg.model, c).to(device)
+    initial_weights = copy.deepcopy(model.state_dict())
+    train_images = torch.from_numpy(np.asarray(data.train.images)).to(device)
+    val_images = torch.from_numpy(np.asarray(data.val.images)).to(device)
+    val_labels = torch.from_numpy(np.asarray(data.val.labels)).to(device)
+    pool = Pool.empty(n, h, w)
+    if start_cycle > 0:
+        _restore(files, start_cycle - 1, pool, model, generator, rng, device)
+    cycles = 0 if cfg.budget.name == "full" else int(cfg.budget.cycles)
+    log.info("%s: %d train / %d val images of %dx%d, %d classes, %s regions, strategy %s, budget %s on %s",
+             cfg.dataset.name, n, len(data.val), h, w, c, regions.name, strategy.cfg.name, cfg.budget.name, device)
+
+    exhausted = None
+    for cycle in range(start_cycle, cycles + 1):
+        t0 = time.perf_counter()
+        if cfg.budget.name == "full":
+            pool.revealed[:] = np.where(data.train.labels == 255, NO_LABEL, data.train.labels)
+            chosen, spent = (np.zeros(0, np.int64), np.zeros(0, np.int64)), int(regions.counts.sum())
+            pool.regions += spent
+        else:
+            chosen = _query(cycle, cfg, strategy, random_strategy, model, train_images, data.train.labels, pool, regions, generator, c)
+            if len(chosen[0]) == 0:
+                exhausted = f"the pool has no askable region left before cycle {cycle}; stopped after {cycle} cycles"
+                log.warning("warning: %s", exhausted)
+                break
+            spent = oracle.reveal(pool.revealed, *chosen)
+            pool.regions += len(chosen[0])
+        pool.clicks += spent
+        pool.selections.append(chosen)
+        query_s = time.perf_counter() - t0
+        if cycle > 0:
+            log.info("  asked %d regions (%d clicks) in %.1fs", len(chosen[0]), spent, query_s)
+
+        t0 = time.perf_counter()
+        if cfg.train.reinit:
+            model.load_state_dict(initial_weights)
+        train_cycle(model, train_images, pool.revealed, cfg.train, generator)
+        train_s = time.perf_counter() - t0
+        cm = evaluate(model, val_images, val_labels, c, cfg.train.eval_batch_size)
+
+        rows.append(_metrics_row(cycle, pool, data, cm, train_s, query_s))
+        files.write_metrics(rows)
+        files.save_state(cycle, pool, model, generator, rng)
+        if cfg.save_model == "every":
+            files.copy_model(cycle, files.out / "checkpoints" / f"cycle_{cycle:02d}.pt")
+        save_query_overlay(files.out / "queries" / f"cycle_{cycle:02d}.png", data.train.images, pool.revealed,
+                           regions, chosen, data.palette, int(cfg.overlay_images))
+        files.write_summary("running", rows)
+        log.info("cycle %d/%d  clicks %d  mIoU %.2f  pixel acc %.2f  (train %.1fs, query %.1fs)",
+                 cycle, cycles, pool.clicks, rows[-1]["miou"], rows[-1]["pixel_acc"], train_s, query_s)
+
+    files.write_curve(rows)
+    if cfg.save_model in ("last", "every") and rows:
+        files.copy_model(rows[-1]["cycle"], files.out / "model.pt")
+    files.write_summary("completed", rows, exhausted, budget_exhausted=exhausted is not None)
+    return json.loads((files.out / "summary.json").read_text())
+
+
+def _prepare_output(cfg: DictConfig, files: RunFiles, rows: list[dict]) -> int | None:
+    """The cycle to start from (0 for a new run), or None when a resumed run is complete."""
+    latest = files.state / "latest.json"
+    if not cfg.resume:
+        if (files.out / "metrics.csv").exists():
+            raise AlsegError(f"{files.out} already holds a run; add resume=true to continue it, or choose another hydra.run.dir")
+        return 0
+    if not latest.exists():
+        log.info("resume=true but %s has no saved state: starting from cycle 0", files.out)
+        return 0
+    saved = json.loads(latest.read_text())
+    diff = config_differences(saved["config"], OmegaConf.to_container(cfg, resolve=True))
+    if diff:
+        raise AlsegError("cannot resume: the config differs from the saved run:\n  " + "\n  ".join(diff))
+    rows.extend(pd.read_csv(files.out / "metrics.csv").to_dict("records")[: saved["cycle"] + 1])
+    summary = json.loads((files.out / "summary.json").read_text()) if (files.out / "summary.json").exists() else {}
+    if summary.get("status") == "completed":
+        log.info("%s is already complete (%d cycles); nothing to do", files.out, len(rows))
+        return None
+    log.info("resuming %s after cycle %d", files.out, saved["cycle"])
+    return saved["cycle"] + 1
+
+
+def _restore(files: RunFiles, cycle: int, pool: Pool, model, generator, rng, device) -> None:
+    """Load the state saved after `cycle`."""
+    folder = files.state / f"cycle_{cycle:02d}"
+    meta = json.loads((folder / "meta.json").read_text())
+    pool.revealed[:] = np.load(folder / "revealed.npy")
+    pool.clicks, pool.regions = meta["clicks"], meta["regions"]
+    with np.load(folder / "selections.npz") as sel:
+        pool.selections = [(sel[f"cycle_{k:02d}_images"], sel[f"cycle_{k:02d}_regions"]) for k in range(cycle + 1)]
+    rng.bit_generator.state = meta["numpy_rng"]
+    generator.set_state(torch.load(folder / "torch_rng.pt"))
+    model.load_state_dict(torch.load(folder / "model.pt", map_location=device))
+
+
+def _query(cycle, cfg, strategy, random_strategy, model, images, labels, pool, regions, generator, num_classes):
+    """Choose this cycle's regions: random in cycle 0, the strategy afterwards."""
+    active = cycle > 0 and strategy.needs_model
+    scores, classes = query.score_pool(
+        strategy if active else random_strategy, model if active else None, images, labels, pool.revealed,
+        regions, generator, cfg.train.eval_batch_size, num_classes, aggregate=cfg.strategy.aggregate,
+        exclude_void=cfg.strategy.exclude_void, class_balance=active and cfg.strategy.class_balance,
+    )
+    if cycle > 0 and classes is not None:
+        scores = query.balance_classes(scores, classes, num_classes)
+    if cycle > 0 and cfg.strategy.top_percent is not None:
+        scores = query.sample_top_percent(scores, float(cfg.strategy.top_percent), generator)
+    amount = cfg.budget.initial if cycle == 0 else cfg.budget.per_cycle
+    if cfg.budget.name == "per_image":
+        return query.select_per_image(scores, int(amount))
+    return query.select_by_clicks(scores, None, float(amount))
+
+
+def _metrics_row(cycle: int, pool: Pool, data, cm: np.ndarray, train_s: float, query_s: float) -> dict:
+    labelled = int(pool.labelled_mask().sum())
+    row = {
+        "cycle": cycle,
+        "clicks": pool.clicks,
+        "regions": pool.regions,
+        "labelled_pixels": labelled,
+        "labelled_fraction": labelled / pool.revealed.size,
+        "miou": miou(cm),
+        "pixel_acc": pixel_accuracy(cm),
+        "label_noise": pool.label_noise(data.train.labels),
+        "train_s": round(train_s, 3),
+        "query_s": round(query_s, 3),
+    }
+    row.update({f"iou_{name}": v * 100 for name, v in zip(data.class_names, iou_per_class(cm))})
+    row.update({f"revealed_{name}": int(v) for name, v in zip(data.class_names, pool.class_counts(data.num_classes))})
+    return row

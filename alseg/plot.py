@@ -1,0 +1,301 @@
+"""``alseg plot``: learning curves, tables and per-class views of finished runs.
+
+Usage::
+
+    alseg plot PATH [PATH ...] [--out DIR] [--group-by k1,k2]
+               [--x clicks|labelled_fraction|pixels_per_image] [--logx] [--full PATH]
+
+Every ``metrics.csv`` below the PATHs is one run.  Runs are grouped by the
+config keys that differ between them (or by ``--group-by``) and averaged over
+seeds.  A fully supervised run (``budget=full``) found below the PATHs or under
+``--full`` gives the reference lines and ``clicks_to_95``.
+
+Table columns: ``miou@<x>`` when every run has the same x at each cycle;
+otherwise ``cycle_<k>`` with cells ``mean ± std @ mean x``.  Cells hold the
+mean ± std of mIoU over the group's runs (std with ddof=1, 0 for one run).
+``auc`` is the mean ± std over runs of the normalised AUC (mean mIoU over the
+x range), ``clicks_to_95`` the clicks at which the group's mean curve reaches
+95% of full supervision.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+
+from alseg.results import (
+    aggregate, auc, clicks_to, config_columns, differing_keys, full_reference,
+    group_label, groups, is_full, load_runs,
+)
+
+X_LABELS = {
+    "clicks": "clicks (cumulative)",
+    "labelled_fraction": "labelled fraction of training pixels",
+    "pixels_per_image": "labelled pixels per training image",
+}
+COLORS = [f"C{i}" for i in range(10)]
+LINESTYLES = ["-", "--", "-.", ":"]
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+FULL_LABEL = "full supervision"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="alseg plot", description=__doc__.split("\n")[0])
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="run directories or folders above them")
+    parser.add_argument("--out", type=Path, help="output folder (default: the first PATH)")
+    parser.add_argument("--group-by", help="comma-separated config keys, e.g. strategy.name,region")
+    parser.add_argument("--x", choices=list(X_LABELS), default="clicks", help="x axis")
+    parser.add_argument("--logx", action="store_true", help="logarithmic x axis")
+    parser.add_argument("--full", action="append", default=[], metavar="PATH",
+                        help="where to find the fully supervised reference run")
+    return parser.parse_args(argv)
+
+
+# --------------------------------------------------------------------------- data
+
+def resolve_keys(df: pd.DataFrame, names: str) -> list[str]:
+    """``"strategy,budget.per_cycle"`` -> ``["strategy.name", "budget.per_cycle"]``."""
+    keys = []
+    for name in filter(None, (n.strip() for n in names.split(","))):
+        key = name if name in df else f"{name}.name"
+        if key not in df:
+            raise KeyError(f"unknown --group-by key {name!r}; known: {', '.join(config_columns(df))}")
+        keys.append(key)
+    return keys
+
+
+def label_groups(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """``df`` with a ``group`` column naming each run's group in words."""
+    df = df.copy()
+    for _, rows in groups(df, keys):
+        df.loc[rows.index, "group"] = group_label(rows.iloc[0], keys)
+    return df
+
+
+def reference_runs(al: pd.DataFrame, full: pd.DataFrame) -> pd.DataFrame:
+    """The fully supervised runs on the AL runs' dataset, labelled ``full supervision``."""
+    datasets = set(al.get("dataset.name", pd.Series(dtype=object)).dropna())
+    if len(datasets) == 1 and "dataset.name" in full:
+        full = full[full["dataset.name"].isin(datasets)]
+    return full.assign(group=FULL_LABEL)
+
+
+def fmt(mean: float, std: float, n: int, digits: int = 1) -> str:
+    """``"61.2 ± 0.8"``, or just the mean for a single run."""
+    return f"{mean:.{digits}f}" if n == 1 else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+# --------------------------------------------------------------------------- tables
+
+def cycle_stats(al: pd.DataFrame, x: str) -> pd.DataFrame:
+    """Per group and cycle: mean/std/n of mIoU over runs and mean x."""
+    stats = al.groupby(["group", "cycle"]).agg(
+        mean=("miou", "mean"), std=("miou", "std"), n=("miou", "count"), x=(x, "mean"))
+    stats["std"] = stats["std"].fillna(0.0)
+    return stats.reset_index()
+
+
+def shared_x(al: pd.DataFrame, x: str) -> bool:
+    """True when every run has the same x value at each cycle."""
+    spread = al.groupby("cycle")[x].agg(["min", "max"])
+    return bool(np.allclose(spread["min"], spread["max"]))
+
+
+def cycle_cells(al: pd.DataFrame, x: str) -> pd.DataFrame:
+    """One row per group, one ``miou@<x>`` or ``cycle_<k>`` column per cycle."""
+    stats = cycle_stats(al, x)
+    if shared_x(al, x):
+        stats["column"] = [f"miou@{v:.4g}" for v in stats["x"]]
+        stats["cell"] = [fmt(r.mean, r.std, r.n) for r in stats.itertuples()]
+    else:
+        stats["column"] = [f"cycle_{c}" for c in stats["cycle"]]
+        stats["cell"] = [f"{fmt(r.mean, r.std, r.n)} @ {r.x:.4g}" for r in stats.itertuples()]
+    columns = list(dict.fromkeys(stats.sort_values("cycle")["column"]))
+    return stats.pivot(index="group", columns="column", values="cell")[columns].fillna("")
+
+
+def summary_table(al: pd.DataFrame, x: str, ref: float | None) -> pd.DataFrame:
+    """Group, n runs, mIoU per cycle, AUC and clicks to 95% of full supervision."""
+    table = al.groupby("group")["run_dir"].nunique().rename("n").to_frame()
+    table = table.join(cycle_cells(al, x))
+    run_auc = al.groupby(["group", "run_dir"])[[x, "miou"]].apply(lambda r: auc(r[x], r["miou"]))
+    run_auc = run_auc.groupby("group")
+    table["auc"] = [fmt(m, s, n) for m, s, n in zip(run_auc.mean(), run_auc.std().fillna(0), run_auc.count())]
+    table["clicks_to_95"] = np.nan
+    if ref is not None:
+        curves = aggregate(al, ["group"], "clicks")
+        for label, c in curves.groupby("group"):
+            reached = clicks_to(c["clicks"], c["miou_mean"], 0.95 * ref)
+            table.loc[label, "clicks_to_95"] = np.nan if reached is None else round(reached)
+    return table.reset_index()
+
+
+def per_class_table(df: pd.DataFrame) -> pd.DataFrame:
+    """IoU per class at each run's last cycle, mean over the runs of each group."""
+    columns = [c for c in df.columns if c.startswith("iou_")]
+    last = df.sort_values("cycle").groupby("run_dir").tail(1)
+    table = last.groupby("group", sort=False)[columns].mean()
+    table.columns = [c[len("iou_"):] for c in columns]
+    order = sorted(set(table.index) - {FULL_LABEL}) + ([FULL_LABEL] if FULL_LABEL in table.index else [])
+    return table.loc[order]
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    cells = table.astype(str)
+    lines = ["| " + " | ".join(cells.columns) + " |", "|" + "---|" * len(cells.columns)]
+    lines += ["| " + " | ".join(row) + " |" for row in cells.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def to_latex(table: pd.DataFrame) -> str:
+    def esc(text) -> str:
+        for char in "\\&%$#_{}":
+            text = str(text).replace(char, "\\" + char)
+        return text.replace("±", "$\\pm$")
+
+    lines = [f"\\begin{{tabular}}{{l{'r' * (len(table.columns) - 1)}}}", "\\hline",
+             " & ".join(map(esc, table.columns)) + " \\\\", "\\hline"]
+    lines += [" & ".join(map(esc, row)) + " \\\\" for row in table.astype(str).itertuples(index=False)]
+    return "\n".join(lines + ["\\hline", "\\end{tabular}"]) + "\n"
+
+
+def write_tables(table: pd.DataFrame, ref: float | None, out: Path) -> list[Path]:
+    """table.csv (numbers, empty when not reached), table.md and table.tex."""
+    table.to_csv(out / "table.csv", index=False)
+    missing = "not reached" if ref is not None else ""
+    shown = table.assign(clicks_to_95=[missing if np.isnan(v) else f"{v:.0f}" for v in table["clicks_to_95"]])
+    (out / "table.md").write_text(to_markdown(shown))
+    (out / "table.tex").write_text(to_latex(shown))
+    return [out / "table.md", out / "table.csv", out / "table.tex"]
+
+
+def write_per_class(table: pd.DataFrame, out: Path) -> list[Path]:
+    table.round(2).to_csv(out / "per_class.csv", index_label="group")
+    shown = table.map(lambda v: "n/a" if np.isnan(v) else f"{v:.1f}").reset_index(names="group")
+    (out / "per_class.md").write_text(to_markdown(shown))
+    return [out / "per_class.md", out / "per_class.csv"]
+
+
+# --------------------------------------------------------------------------- figures
+
+def save(fig: Figure, out: Path, name: str, exts=("png",)) -> list[Path]:
+    paths = [out / f"{name}.{ext}" for ext in exts]
+    for path in paths:
+        fig.savefig(path, dpi=150, bbox_inches="tight")
+    return paths
+
+
+def plot_curves(al: pd.DataFrame, x: str, ref: float | None, logx: bool, out: Path) -> list[Path]:
+    """Mean mIoU per group with a ±1 std band, plus the full-supervision lines."""
+    fig = Figure(figsize=(7.5, 4.8))
+    ax = fig.subplots()
+    curves = aggregate(al, ["group"], x)
+    for i, (label, c) in enumerate(curves.groupby("group")):
+        style = dict(color=COLORS[i % 10], linestyle=LINESTYLES[i % 4], marker=MARKERS[i % 8])
+        ax.plot(c[x], c["miou_mean"], markersize=4, label=f"{label} (n={c['n'].iloc[0]})", **style)
+        ax.fill_between(c[x], c["miou_mean"] - c["miou_std"], c["miou_mean"] + c["miou_std"],
+                        color=style["color"], alpha=0.15, linewidth=0)
+    if ref is not None:
+        ax.axhline(ref, color="black", linewidth=1, label=f"{FULL_LABEL} ({ref:.1f})")
+        ax.axhline(0.95 * ref, color="grey", linewidth=1, linestyle="--", label=f"95% of full ({0.95 * ref:.1f})")
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(X_LABELS[x])
+    ax.set_ylabel("mIoU (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", loc="best")
+    return save(fig, out, "curves", ("png", "svg"))
+
+
+def plot_per_class(table: pd.DataFrame, out: Path) -> list[Path]:
+    """Heatmap of IoU per class (columns) and group (rows), values written in."""
+    values = table.to_numpy(float)
+    fig = Figure(figsize=(max(6.0, 0.7 * values.shape[1] + 3), 0.45 * values.shape[0] + 2))
+    ax = fig.subplots()
+    image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", vmin=0, vmax=100, aspect="auto")
+    for (i, j), v in np.ndenumerate(values):
+        text = "n/a" if np.isnan(v) else f"{v:.0f}"
+        ax.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if np.isnan(v) or v < 60 else "black")
+    ax.set_xticks(range(values.shape[1]), table.columns, rotation=45, ha="right")
+    ax.set_yticks(range(values.shape[0]), table.index)
+    ax.set_title("IoU per class at the last cycle (mean over seeds)")
+    fig.colorbar(image, ax=ax, label="IoU (%)")
+    return save(fig, out, "per_class")
+
+
+def revealed_shares(al: pd.DataFrame) -> pd.DataFrame:
+    """Per group and cycle: mean over runs of each class's share of revealed pixels."""
+    columns = [c for c in al.columns if c.startswith("revealed_")]
+    counts = al[columns].astype(float)
+    shares = counts.div(counts.sum(axis=1).replace(0, np.nan), axis=0)
+    shares.columns = [c[len("revealed_"):] for c in columns]
+    return shares.join(al[["group", "cycle"]]).groupby(["group", "cycle"]).mean()
+
+
+def plot_revealed(al: pd.DataFrame, out: Path) -> list[Path]:
+    """One panel per group: stacked bars of revealed-pixel shares per class and cycle."""
+    shares = revealed_shares(al)
+    labels = sorted(shares.index.get_level_values("group").unique())
+    ncols = min(3, len(labels))
+    nrows = -(-len(labels) // ncols)
+    fig = Figure(figsize=(4.2 * ncols + 1.5, 3.2 * nrows))
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, sharey=True, squeeze=False)).ravel()
+    palette = colormaps["tab10" if len(shares.columns) <= 10 else "tab20"]
+    colors = [palette(i % palette.N) for i in range(len(shares.columns))]
+    for ax, label in zip(axes, labels):
+        group = shares.loc[label]
+        bottom = np.zeros(len(group))
+        for cls, color in zip(group.columns, colors):
+            ax.bar(group.index, group[cls], bottom=bottom, color=color, label=cls, width=0.8)
+            bottom += group[cls].fillna(0).to_numpy()
+        ax.set_title(label, fontsize="medium")
+        ax.set_xlabel("cycle")
+        ax.set_xticks(group.index)
+    for ax in axes[len(labels):]:
+        ax.set_visible(False)
+    axes[0].set_ylabel("share of revealed pixels (cumulative)")
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles[::-1], names[::-1], loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize="small", title="class")
+    fig.tight_layout()
+    return save(fig, out, "revealed_classes")
+
+
+# --------------------------------------------------------------------------- main
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``alseg plot``; returns the exit code (2 when no usable run is found)."""
+    args = parse_args(argv)
+    found = load_runs(*args.paths)
+    al = found[~is_full(found)]
+    if al.empty:
+        print(f"alseg plot: no usable runs found under: {', '.join(args.paths)}", file=sys.stderr)
+        return 2
+    try:
+        keys = resolve_keys(al, args.group_by) if args.group_by else differing_keys(al)
+    except KeyError as err:
+        print(f"alseg plot: {err.args[0]}", file=sys.stderr)
+        return 2
+    al = label_groups(al, keys)
+    both = pd.concat([found, load_runs(*args.full)], ignore_index=True) if args.full else found
+    full = reference_runs(al, both[is_full(both)].drop_duplicates(["run_dir", "cycle"]))
+    ref = full_reference(full)
+
+    out = args.out or (Path(args.paths[0]) if Path(args.paths[0]).is_dir() else Path("."))
+    out.mkdir(parents=True, exist_ok=True)
+    written = plot_curves(al, args.x, ref, args.logx, out)
+    written += write_tables(summary_table(al, args.x, ref), ref, out)
+    if any(c.startswith("iou_") for c in al.columns):
+        per_class = per_class_table(pd.concat([al, full]))
+        written += write_per_class(per_class, out) + plot_per_class(per_class, out)
+    if any(c.startswith("revealed_") for c in al.columns):
+        written += plot_revealed(al, out)
+    print(f"alseg plot: {al['run_dir'].nunique()} runs in {al['group'].nunique()} groups"
+          + (f", full supervision {ref:.1f} mIoU" if ref is not None else ", no full-supervision reference"))
+    print("wrote:\n" + "\n".join(f"  {p}" for p in written))
+    return 0

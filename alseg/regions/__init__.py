@@ -1,0 +1,54 @@
+"""Region registry: `region.name` -> a builder of per-image region maps for a split."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from alseg.errors import AlsegError
+
+
+@dataclass
+class Regions:
+    """The regions an annotator can be asked about, per training image.
+
+    `maps[i]` holds local region ids 0..counts[i]-1 for image i; `maps` is None for pixel
+    regions, where region r of an image is the pixel at flat index r.
+    """
+
+    name: str
+    maps: np.ndarray | None
+    counts: np.ndarray
+
+    @property
+    def max_regions(self) -> int:
+        return int(self.counts.max())
+
+    def batch_maps(self, index: np.ndarray, device: torch.device) -> torch.Tensor | None:
+        """Region maps of the images `index` as an int64 tensor on `device` (None for pixels)."""
+        if self.maps is None:
+            return None
+        return torch.from_numpy(np.asarray(self.maps[index])).to(device, torch.int64)
+
+
+def _pixel(cfg, images: np.ndarray, cache_dir: str, key: dict) -> Regions:
+    n, h, w = images.shape[:3]
+    return Regions("pixel", None, np.full(n, h * w, dtype=np.int64))
+
+
+def _seeds(cfg, images: np.ndarray, cache_dir: str, key: dict) -> Regions:
+    from alseg.regions.seeds import seeds_regions
+
+    return seeds_regions(cfg, images, cache_dir, key)
+
+
+REGIONS: dict[str, Callable[..., Regions]] = {"pixel": _pixel, "seeds": _seeds}
+
+
+def build_regions(cfg, images: np.ndarray, cache_dir: str, key: dict) -> Regions:
+    """Region maps for `images`, computed once and cached under a key of `key` and `cfg`."""
+    if cfg.name not in REGIONS:
+        raise AlsegError(f"unknown region type {cfg.name!r}; available: {', '.join(sorted(REGIONS))}")
+    return REGIONS[cfg.name](cfg, images, cache_dir, key)
