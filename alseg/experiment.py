@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import logging
 import shutil
 import time
@@ -26,7 +27,7 @@ from alseg.oracle import NO_LABEL, Oracle
 from alseg.overlay import save_query_overlay
 from alseg.pool import Pool, atomic_write
 from alseg.regions import build_regions
-from alseg.strategies import STRATEGIES, build_strategy
+from alseg.strategies import STRATEGIES, build_strategy, strategy_class
 from alseg.train import evaluate, train_cycle
 
 log = logging.getLogger(__name__)
@@ -57,13 +58,16 @@ def check_config(cfg: DictConfig) -> None:
             raise AlsegError("budget.initial and budget.per_cycle must be > 0 and budget.cycles >= 0")
         if b.name == "per_image" and (int(b.initial) != b.initial or int(b.per_cycle) != b.per_cycle):
             raise AlsegError("budget=per_image counts regions per image: budget.initial and budget.per_cycle must be integers")
-    if cfg.strategy.name not in STRATEGIES:
-        raise AlsegError(f"unknown strategy {cfg.strategy.name!r}; available: {', '.join(sorted(STRATEGIES))}")
-    if cfg.strategy.class_balance and not STRATEGIES[cfg.strategy.name].needs_model:
+    kind = strategy_class(cfg.strategy)
+    if cfg.strategy.class_balance and not kind.needs_model:
         raise AlsegError("strategy.class_balance weights model scores by predicted class: use it with a model-based strategy, not random")
     top = cfg.strategy.top_percent
     if top is not None and not 0 < top <= 1:
         raise AlsegError(f"strategy.top_percent must be in (0, 1], got {top}")
+    if top is not None and kind.uses_embeddings:
+        raise AlsegError(f"strategy.top_percent samples at random among the top regions: it cannot be combined with {cfg.strategy.name}")
+    if kind.uses_embeddings and cfg.region.name == "pixel" and b.name == "clicks":
+        raise AlsegError(f"{cfg.strategy.name} with region=pixel works per image: use budget=per_image, or a region type with a map")
     if cfg.strategy.aggregate not in ("mean", "sum", "max"):
         raise AlsegError(f"strategy.aggregate must be mean, sum or max, got {cfg.strategy.aggregate!r}")
     if cfg.save_model not in ("last", "every", "never"):
@@ -113,14 +117,16 @@ class RunFiles:
         fig.savefig(self.out / "curve.png", dpi=100)
         plt.close(fig)
 
-    def save_state(self, cycle: int, pool: Pool, model: torch.nn.Module, generator: torch.Generator, rng: np.random.Generator) -> None:
+    def save_state(self, cycle: int, pool: Pool, models: list, generator: torch.Generator, rng: np.random.Generator) -> None:
         """State of a completed cycle in its own folder; `latest.json`, written last and
         atomically, points at it, so a kill at any moment leaves a consistent state."""
         folder = self.state / f"cycle_{cycle:02d}"
         if folder.exists():
             shutil.rmtree(folder)
         pool.save(folder, {"cycle": cycle, "numpy_rng": rng.bit_generator.state})
-        atomic_write(folder / "model.pt", lambda f: torch.save(model.state_dict(), f))
+        atomic_write(folder / "model.pt", lambda f: torch.save(models[0].state_dict(), f))
+        for m, member in enumerate(models[1:], start=1):
+            atomic_write(folder / f"member_{m}.pt", lambda f: torch.save(member.state_dict(), f))
         atomic_write(folder / "torch_rng.pt", lambda f: torch.save(generator.get_state(), f))
         config = OmegaConf.to_container(self.cfg, resolve=True)
         atomic_write(self.state / "latest.json", lambda f: json.dump({"cycle": cycle, "config": config}, f), "w")
@@ -188,14 +194,16 @@ def _run(cfg: DictConfig, files: RunFiles, rows: list[dict], start_cycle: int) -
     oracle = Oracle(cfg.annotation, regions, data.train.labels, c, rng)
     strategy = build_strategy(cfg.strategy)
     random_strategy = STRATEGIES["random"](cfg.strategy)
-    model = build_model(cfg.model, c).to(device)
-    initial_weights = copy.deepcopy(model.state_dict())
+    models = _build_models(cfg, strategy, c, device)
+    initial_weights = [copy.deepcopy(m.state_dict()) for m in models]
     train_images = torch.from_numpy(np.asarray(data.train.images)).to(device)
     val_images = torch.from_numpy(np.asarray(data.val.images)).to(device)
     val_labels = torch.from_numpy(np.asarray(data.val.labels)).to(device)
+    costs = oracle.costs()
+    costs = None if costs is None else torch.from_numpy(costs).to(device)
     pool = Pool.empty(n, h, w)
     if start_cycle > 0:
-        _restore(files, start_cycle - 1, pool, model, generator, rng, device)
+        _restore(files, start_cycle - 1, pool, models, generator, rng, device)
     cycles = 0 if cfg.budget.name == "full" else int(cfg.budget.cycles)
     log.info("%s: %d train / %d val images of %dx%d, %d classes, %s regions, strategy %s, budget %s on %s",
              cfg.dataset.name, n, len(data.val), h, w, c, regions.name, strategy.cfg.name, cfg.budget.name, device)
@@ -205,10 +213,12 @@ def _run(cfg: DictConfig, files: RunFiles, rows: list[dict], start_cycle: int) -
         t0 = time.perf_counter()
         if cfg.budget.name == "full":
             pool.revealed[:] = np.where(data.train.labels == 255, NO_LABEL, data.train.labels)
-            chosen, spent = (np.zeros(0, np.int64), np.zeros(0, np.int64)), int(regions.counts.sum())
-            pool.regions += spent
+            chosen = (np.zeros(0, np.int64), np.zeros(0, np.int64))
+            spent = float(regions.counts.sum() if costs is None else costs.sum().item())
+            pool.regions += int(regions.counts.sum())
         else:
-            chosen = _query(cycle, cfg, strategy, random_strategy, model, train_images, data.train.labels, pool, regions, generator, c)
+            chosen = _query(cycle, cfg, strategy, random_strategy, models, train_images, data.train.labels, pool, regions,
+                            costs, generator, c)
             if len(chosen[0]) == 0:
                 exhausted = f"the pool has no askable region left before cycle {cycle}; stopped after {cycle} cycles"
                 log.warning("warning: %s", exhausted)
@@ -222,15 +232,16 @@ def _run(cfg: DictConfig, files: RunFiles, rows: list[dict], start_cycle: int) -
             log.info("  asked %d regions (%d clicks) in %.1fs", len(chosen[0]), spent, query_s)
 
         t0 = time.perf_counter()
-        if cfg.train.reinit:
-            model.load_state_dict(initial_weights)
-        train_cycle(model, train_images, pool.revealed, cfg.train, generator)
+        for model, weights in zip(models, initial_weights):
+            if cfg.train.reinit:
+                model.load_state_dict(weights)
+            train_cycle(model, train_images, pool.revealed, cfg.train, generator)
         train_s = time.perf_counter() - t0
-        cm = evaluate(model, val_images, val_labels, c, cfg.train.eval_batch_size)
+        cm = evaluate(models[0], val_images, val_labels, c, cfg.train.eval_batch_size)
 
         rows.append(_metrics_row(cycle, pool, data, cm, train_s, query_s))
         files.write_metrics(rows)
-        files.save_state(cycle, pool, model, generator, rng)
+        files.save_state(cycle, pool, models, generator, rng)
         if cfg.save_model == "every":
             files.copy_model(cycle, files.out / "checkpoints" / f"cycle_{cycle:02d}.pt")
         save_query_overlay(files.out / "queries" / f"cycle_{cycle:02d}.png", data.train.images, pool.revealed,
@@ -244,6 +255,26 @@ def _run(cfg: DictConfig, files: RunFiles, rows: list[dict], start_cycle: int) -
         files.copy_model(rows[-1]["cycle"], files.out / "model.pt")
     files.write_summary("completed", rows, exhausted, budget_exhausted=exhausted is not None)
     return json.loads((files.out / "summary.json").read_text())
+
+
+def _build_models(cfg: DictConfig, strategy, num_classes: int, device: torch.device) -> list[torch.nn.Module]:
+    """The model, with MC dropout before its head when the strategy needs stochastic passes,
+    or a committee of `strategy.members` models from different initialisations."""
+    committee = cfg.strategy.get("committee", "dropout")
+    if strategy.passes > 1 and committee == "models":
+        members = int(cfg.strategy.members)
+        if members < 2:
+            raise AlsegError("strategy.committee=models needs strategy.members >= 2")
+        models = []
+        for m in range(members):
+            torch.manual_seed(int(cfg.seed) + 1000 * m)
+            models.append(build_model(cfg.model, num_classes).to(device))
+        strategy.cfg = OmegaConf.merge(strategy.cfg, {"passes": 1})
+        return models
+    dropout = cfg.model.get("dropout") if strategy.passes > 1 else None
+    if strategy.passes > 1 and not dropout:
+        raise AlsegError(f"strategy {cfg.strategy.name} needs MC dropout: set model.dropout (e.g. 0.2)")
+    return [build_model(cfg.model, num_classes, dropout).to(device)]
 
 
 def _prepare_output(cfg: DictConfig, files: RunFiles, rows: list[dict]) -> int | None:
@@ -269,7 +300,7 @@ def _prepare_output(cfg: DictConfig, files: RunFiles, rows: list[dict]) -> int |
     return saved["cycle"] + 1
 
 
-def _restore(files: RunFiles, cycle: int, pool: Pool, model, generator, rng, device) -> None:
+def _restore(files: RunFiles, cycle: int, pool: Pool, models, generator, rng, device) -> None:
     """Load the state saved after `cycle`."""
     folder = files.state / f"cycle_{cycle:02d}"
     meta = json.loads((folder / "meta.json").read_text())
@@ -279,25 +310,35 @@ def _restore(files: RunFiles, cycle: int, pool: Pool, model, generator, rng, dev
         pool.selections = [(sel[f"cycle_{k:02d}_images"], sel[f"cycle_{k:02d}_regions"]) for k in range(cycle + 1)]
     rng.bit_generator.state = meta["numpy_rng"]
     generator.set_state(torch.load(folder / "torch_rng.pt"))
-    model.load_state_dict(torch.load(folder / "model.pt", map_location=device))
+    for m, model in enumerate(models):
+        name = "model.pt" if m == 0 else f"member_{m}.pt"
+        model.load_state_dict(torch.load(folder / name, map_location=device))
 
 
-def _query(cycle, cfg, strategy, random_strategy, model, images, labels, pool, regions, generator, num_classes):
+def _query(cycle, cfg, strategy, random_strategy, models, images, labels, pool, regions, costs, generator, num_classes):
     """Choose this cycle's regions: random in cycle 0, the strategy afterwards."""
     active = cycle > 0 and strategy.needs_model
-    scores, classes = query.score_pool(
-        strategy if active else random_strategy, model if active else None, images, labels, pool.revealed,
-        regions, generator, cfg.train.eval_batch_size, num_classes, aggregate=cfg.strategy.aggregate,
-        exclude_void=cfg.strategy.exclude_void, class_balance=active and cfg.strategy.class_balance,
+    s = cfg.strategy
+    scored = query.score_pool(
+        strategy if active else random_strategy, models if active else [], images, labels, pool.revealed,
+        regions, generator, cfg.train.eval_batch_size, num_classes, aggregate=s.aggregate,
+        exclude_void=s.exclude_void, class_balance=active and s.class_balance,
+        pixel_candidates=int(s.get("pixel_candidates", 1024)),
     )
-    if cycle > 0 and classes is not None:
-        scores = query.balance_classes(scores, classes, num_classes)
-    if cycle > 0 and cfg.strategy.top_percent is not None:
-        scores = query.sample_top_percent(scores, float(cfg.strategy.top_percent), generator)
+    scores = scored.scores
+    if scored.classes is not None:
+        scores = query.balance_classes(scores, scored.classes, num_classes)
+    if cycle > 0 and s.top_percent is not None:
+        scores = query.sample_top_percent(scores, float(s.top_percent), generator)
     amount = cfg.budget.initial if cycle == 0 else cfg.budget.per_cycle
-    if cfg.budget.name == "per_image":
+    per_image = cfg.budget.name == "per_image"
+    if active and strategy.uses_embeddings:
+        scored.scores = scores
+        multiple = s.get("candidates") if s.name == "hybrid" else None
+        scores = query.diverse_scores(scored, int(amount) if per_image else None, None if per_image else math.ceil(amount), multiple)
+    if per_image:
         return query.select_per_image(scores, int(amount))
-    return query.select_by_clicks(scores, None, float(amount))
+    return query.select_by_clicks(scores, costs, float(amount))
 
 
 def _metrics_row(cycle: int, pool: Pool, data, cm: np.ndarray, train_s: float, query_s: float) -> dict:

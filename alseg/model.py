@@ -1,4 +1,10 @@
-"""Segmentation models from segmentation_models_pytorch, padded to the size they need."""
+"""Segmentation models from segmentation_models_pytorch, padded to the size they need.
+
+A model maps normalised images [B, 3, H, W] to logits [B, C, H, W]. alseg's own models also
+expose `features(x)` (the decoder's last feature map) and `head(features, size)`, so that
+MC-dropout passes re-run only the head and core-set strategies get embeddings; any other
+`torch.nn.Module` works too (every pass then runs the whole model).
+"""
 from __future__ import annotations
 
 import torch
@@ -17,24 +23,37 @@ def to_input(images: torch.Tensor) -> torch.Tensor:
     return (x - MEAN.to(x.device)) / STD.to(x.device)
 
 
-class PadToMultiple(torch.nn.Module):
-    """Pads the input (reflect) to a multiple of the network's stride and crops the logits
-    back, so any working size runs without distorting images or labels."""
+class Segmenter(torch.nn.Module):
+    """An smp model split into features and head, with optional dropout before the head.
 
-    def __init__(self, net: torch.nn.Module, multiple: int) -> None:
+    The input is padded (reflect) to a multiple of the network's stride and the logits are
+    cropped back, so any working size runs without distorting images or labels.
+    """
+
+    def __init__(self, net: torch.nn.Module, multiple: int, dropout: float | None = None) -> None:
         super().__init__()
         self.net, self.multiple = net, multiple
+        self.dropout = torch.nn.Dropout2d(dropout) if dropout else torch.nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The decoder's output (at the padded size's decoder resolution)."""
         h, w = x.shape[-2:]
         ph, pw = -h % self.multiple, -w % self.multiple
         if ph or pw:
             x = F.pad(x, (0, pw, 0, ph), mode="reflect")
-        return self.net(x)[..., :h, :w]
+        return self.net.decoder(self.net.encoder(x))
+
+    def head(self, features: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Logits [B, C, *size] from decoder features (dropout applies here)."""
+        h, w = size
+        return self.net.segmentation_head(self.dropout(features))[..., :h, :w]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x), x.shape[-2:])
 
 
-def build_model(cfg, num_classes: int) -> torch.nn.Module:
-    """The `model` config group as a network mapping [B, 3, H, W] to logits [B, C, H, W]."""
+def build_model(cfg, num_classes: int, dropout: float | None = None) -> torch.nn.Module:
+    """The `model` config group as a Segmenter; `dropout` adds MC dropout before the head."""
     import segmentation_models_pytorch as smp
 
     kwargs = OmegaConf.to_container(cfg.get("kwargs") or {}, resolve=True)
@@ -45,4 +64,12 @@ def build_model(cfg, num_classes: int) -> torch.nn.Module:
     except (KeyError, ValueError, TypeError) as exc:
         raise AlsegError(f"cannot build model {cfg.arch} with encoder {cfg.encoder}: {exc}") from exc
     depth = int(kwargs.get("encoder_depth", 5))
-    return PadToMultiple(net, 2**depth)
+    return Segmenter(net, 2**depth, dropout)
+
+
+def enable_dropout(model: torch.nn.Module) -> int:
+    """Put only the dropout layers in training mode (batch norm stays in eval); returns how many."""
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd)]
+    for m in layers:
+        m.train()
+    return len(layers)

@@ -1,49 +1,110 @@
 """Score the unlabelled pool on the device and choose a batch of regions within the budget.
 
 Scores live in a [N, R] tensor (N images, R = most regions in any image); entries that
-cannot be asked (already asked, void pixels, padding) are -inf. Only region scores are kept:
-pixel scores are reduced to regions on the device with scatter_reduce.
+cannot be asked (already asked, void pixels, padding) are -inf. Only region scores (and, for
+core-set strategies, region embeddings) are kept: pixel scores are reduced to regions on
+the device with scatter_reduce.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import torch
 
-from alseg.model import to_input
+from alseg.model import enable_dropout, to_input
 from alseg.regions import Regions
 from alseg.strategies import Strategy
 
 NOT_ASKED = 255
+_REDUCE = {"mean": "mean", "sum": "sum", "max": "amax"}
+
+
+@dataclass
+class PoolScores:
+    """What a scoring pass over the pool leaves on the device."""
+
+    scores: torch.Tensor                     # [N, R], -inf = not askable
+    classes: torch.Tensor | None = None      # [N, R] majority predicted class (class balance)
+    candidates: torch.Tensor | None = None   # [N, M] region ids with embeddings (-1 = none)
+    embeddings: torch.Tensor | None = None   # [N, M, D] candidate embeddings
+    labelled: torch.Tensor | None = None     # [N, L, D] embeddings of asked regions
+    labelled_valid: torch.Tensor | None = None  # [N, L]
+
+
+def _offsets(maps: torch.Tensor, num_regions: int) -> torch.Tensor:
+    """Region ids made unique across the batch: image b's region r -> b * R + r."""
+    return maps + torch.arange(maps.shape[0], device=maps.device).view(-1, 1, 1) * num_regions
 
 
 def _to_regions(values: torch.Tensor, maps: torch.Tensor | None, num_regions: int, reduce: str) -> torch.Tensor:
     """Reduce per-pixel values [B, H, W] to per-region values [B, R] ('mean' | 'sum' | 'amax')."""
     if maps is None:
         return values.flatten(1)
-    b = values.shape[0]
-    index = (maps + torch.arange(b, device=maps.device).view(b, 1, 1) * num_regions).flatten()
-    out = torch.zeros(b * num_regions, dtype=values.dtype, device=values.device)
-    out.scatter_reduce_(0, index, values.flatten(), reduce=reduce, include_self=False)
-    return out.view(b, num_regions)
+    out = torch.zeros(maps.shape[0] * num_regions, dtype=values.dtype, device=values.device)
+    out.scatter_reduce_(0, _offsets(maps, num_regions).flatten(), values.flatten(), reduce=reduce, include_self=False)
+    return out.view(-1, num_regions)
 
 
 def _majority(pred: torch.Tensor, maps: torch.Tensor | None, num_regions: int, num_classes: int) -> torch.Tensor:
     """The most frequent predicted class of each region, [B, R] (the pixel's own class for pixels)."""
     if maps is None:
         return pred.flatten(1)
-    b = pred.shape[0]
-    index = ((maps + torch.arange(b, device=maps.device).view(b, 1, 1) * num_regions) * num_classes + pred).flatten()
-    votes = torch.zeros(b * num_regions * num_classes, dtype=torch.int32, device=pred.device)
+    index = (_offsets(maps, num_regions) * num_classes + pred).flatten()
+    votes = torch.zeros(maps.shape[0] * num_regions * num_classes, dtype=torch.int32, device=pred.device)
     votes.index_add_(0, index, torch.ones_like(index, dtype=torch.int32))
-    return votes.view(b, num_regions, num_classes).argmax(dim=2)
+    return votes.view(-1, num_regions, num_classes).argmax(dim=2)
+
+
+def _embedder(features: torch.Tensor, maps: torch.Tensor | None, size: tuple[int, int], num_regions: int):
+    """A function `ids [B, K] -> embeddings [B, K, D]` of regions from the decoder features.
+
+    A region's embedding is the mean feature of the cells whose centre pixel lies in it
+    (regions smaller than a cell get their image's mean feature); a pixel's is the feature of
+    the cell holding it. Feature strides are powers of two (the input is padded up to them).
+    """
+    b, d, fh, fw = features.shape
+    h, w = size
+    sy, sx = (2 ** max(0, math.ceil(math.log2(a / f))) for a, f in ((h, fh), (w, fw)))
+    flat = features.float().flatten(2).transpose(1, 2)  # [B, fh * fw, D]
+    if maps is None:
+        def embed(ids):
+            cell = (ids // w) // sy * fw + (ids % w) // sx
+            return torch.gather(flat, 1, cell[..., None].expand(-1, -1, d))
+        return embed
+    cy = (torch.arange(fh, device=features.device) * sy + sy // 2).clamp_max(h - 1)
+    cx = (torch.arange(fw, device=features.device) * sx + sx // 2).clamp_max(w - 1)
+    cell_region = _offsets(maps[:, cy][:, :, cx], num_regions).flatten()
+    sums = torch.zeros(b * num_regions, d, device=features.device).index_add_(0, cell_region, flat.reshape(-1, d))
+    counts = torch.bincount(cell_region, minlength=b * num_regions)[:, None]
+    means = flat.mean(dim=1).repeat_interleave(num_regions, dim=0)
+    emb = torch.where(counts > 0, sums / counts.clamp_min(1), means).view(b, num_regions, d)
+    return lambda ids: torch.gather(emb, 1, ids[..., None].expand(-1, -1, d))
+
+
+def _passes(models: list[torch.nn.Module], x: torch.Tensor, passes: int, keep: dict) -> Iterator[torch.Tensor]:
+    """Softmax probabilities of every pass: `passes` MC-dropout passes of each model (only the
+    head re-runs when the model exposes features/head). Keeps the first model's features and
+    the running sum of probabilities in `keep`."""
+    size = x.shape[-2:]
+    for m, model in enumerate(models):
+        split = hasattr(model, "features") and hasattr(model, "head")
+        features = model.features(x) if split else None
+        if m == 0:
+            keep["features"] = features
+        for _ in range(passes):
+            logits = model.head(features, size) if split else model(x)
+            probs = logits.float().softmax(dim=1)
+            keep["sum"] = probs if "sum" not in keep else keep["sum"] + probs
+            yield probs
 
 
 @torch.inference_mode()
 def score_pool(
     strategy: Strategy,
-    model: torch.nn.Module | None,
+    models: list[torch.nn.Module],
     images: torch.Tensor,
     labels: np.ndarray,
     revealed: np.ndarray,
@@ -54,39 +115,72 @@ def score_pool(
     aggregate: str = "mean",
     exclude_void: bool = True,
     class_balance: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Region scores [N, R] of the whole pool (-inf = not askable) and, with `class_balance`,
-    each region's majority predicted class [N, R]. `model=None` draws random region scores.
-    `exclude_void` keeps pixels whose ground truth is void from being asked (pixel regions)."""
+    pixel_candidates: int = 1024,
+) -> PoolScores:
+    """Score every region of the pool. `models=[]` draws random region scores; several models
+    form a committee. `exclude_void` keeps pixels whose ground truth is void from being asked
+    (pixel regions). With an embedding strategy, keeps candidate and labelled embeddings
+    (for pixels: the `pixel_candidates` best-scoring askable pixels of each image)."""
     device = images.device
     n, r = len(images), regions.max_regions
-    scores = torch.empty(n, r, device=device)
-    classes = torch.empty(n, r, dtype=torch.int64, device=device) if class_balance else None
+    out = PoolScores(torch.empty(n, r, device=device))
+    if class_balance:
+        out.classes = torch.empty(n, r, dtype=torch.int64, device=device)
     counts = torch.as_tensor(regions.counts, device=device)
-    if model is not None:
+    for model in models:
         model.eval()
+        if strategy.passes > 1 and len(models) == 1 and enable_dropout(model) == 0:
+            raise ValueError("MC strategies need a model with dropout layers (model.dropout)")
+    embed = strategy.uses_embeddings and bool(models)
+    if embed:
+        asked_counts = (np.asarray(revealed).reshape(n, -1) != NOT_ASKED).sum(axis=1)
+        lab_width = int(asked_counts.max()) if regions.maps is None else r
+        cand_width = min(r, pixel_candidates) if regions.maps is None else r
     for start in range(0, n, batch_size):
         index = np.arange(start, min(start + batch_size, n))
         maps = regions.batch_maps(index, device)
         asked = torch.from_numpy(np.asarray(revealed[index])).to(device) != NOT_ASKED
-        blocked = _to_regions(asked.to(torch.float32), maps, r, "amax") > 0
+        asked_regions = _to_regions(asked.to(torch.float32), maps, r, "amax") > 0
+        blocked = asked_regions.clone()
         if maps is None and exclude_void:
             blocked |= torch.from_numpy(np.asarray(labels[index])).to(device).flatten(1) == NOT_ASKED
         blocked |= torch.arange(r, device=device) >= counts[index, None]
-        if model is None:
-            batch_scores = torch.rand(len(index), r, generator=generator, device="cpu").to(device)
+        if not models:
+            batch_scores = torch.rand(len(index), r, generator=generator).to(device)
         else:
+            keep: dict = {}
+            x = to_input(images[index])
             with torch.autocast(device.type, enabled=device.type == "cuda"):
-                logits = model(to_input(images[index]))
-            probs = logits.float().softmax(dim=1)
-            batch_scores = _to_regions(strategy.pixel_scores(probs), maps, r, _REDUCE[aggregate])
-            if classes is not None:
-                classes[index] = _majority(probs.argmax(dim=1), maps, r, num_classes)
-        scores[index] = batch_scores.masked_fill(blocked, -math.inf)
-    return scores, classes
+                pixel = strategy.score_passes(_passes(models, x, strategy.passes, keep))
+            batch_scores = _to_regions(pixel.float(), maps, r, _REDUCE[aggregate])
+            if out.classes is not None:
+                out.classes[index] = _majority(keep["sum"].argmax(dim=1), maps, r, num_classes)
+        batch_scores = batch_scores.masked_fill(blocked, -math.inf)
+        out.scores[index] = batch_scores
+        if embed:
+            if keep["features"] is None:
+                raise ValueError(f"strategy {strategy.cfg.name} needs a model with features(x) and head(features, size)")
+            embed = _embedder(keep["features"], maps, images.shape[1:3], r)
+            _keep_embeddings(out, index, embed, batch_scores, asked_regions, n, cand_width, lab_width)
+    return out
 
 
-_REDUCE = {"mean": "mean", "sum": "sum", "max": "amax"}
+def _keep_embeddings(out: PoolScores, index, embed, scores, asked, n, cand_width, lab_width) -> None:
+    """Store the best-scoring askable regions' embeddings as candidates, and the asked ones'."""
+    top = scores.topk(cand_width, dim=1)
+    emb = embed(top.indices)
+    if out.embeddings is None:
+        d, device = emb.shape[2], emb.device
+        out.candidates = torch.full((n, cand_width), -1, dtype=torch.int64, device=device)
+        out.embeddings = torch.zeros(n, cand_width, d, device=device)
+        out.labelled = torch.zeros(n, lab_width, d, device=device)
+        out.labelled_valid = torch.zeros(n, lab_width, dtype=torch.bool, device=device)
+    out.candidates[index] = torch.where(torch.isfinite(top.values), top.indices, -1)
+    out.embeddings[index] = emb
+    if lab_width:
+        lab = asked.float().topk(lab_width, dim=1)
+        out.labelled[index] = embed(lab.indices)
+        out.labelled_valid[index] = lab.values > 0
 
 
 def balance_classes(scores: torch.Tensor, classes: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -110,9 +204,68 @@ def sample_top_percent(scores: torch.Tensor, fraction: float, generator: torch.G
     top = scores.topk(k, dim=1)
     rank = torch.arange(k, device=scores.device)
     chosen = (rank < keep[:, None]) & torch.isfinite(top.values)
-    random = torch.rand(top.values.shape, generator=generator, device="cpu").to(scores.device)
+    random = torch.rand(top.values.shape, generator=generator).to(scores.device)
     out = torch.full_like(scores, -math.inf)
     return out.scatter(1, top.indices, torch.where(chosen, random, -math.inf))
+
+
+def k_center(emb: torch.Tensor, valid: torch.Tensor, labelled: torch.Tensor, labelled_valid: torch.Tensor, k: int) -> torch.Tensor:
+    """Greedy k-center, batched over groups: emb [G, M, D] candidates (valid [G, M]),
+    labelled [G, L, D] (labelled_valid [G, L]). Returns [G, k] picked candidate positions in
+    pick order (-1 when a group runs out). Each pick is the candidate farthest from
+    everything labelled or picked; distances are computed per pick, never all pairs."""
+    g, m, _ = emb.shape
+    far = torch.full((g, m), math.inf, device=emb.device)
+    for chunk in range(0, labelled.shape[1], 256):
+        d = torch.cdist(emb, labelled[:, chunk : chunk + 256])
+        d = d.masked_fill(~labelled_valid[:, None, chunk : chunk + 256], math.inf)
+        far = torch.minimum(far, d.amin(dim=2))
+    # a group with nothing labelled starts from the candidate farthest from its mean
+    start = torch.cdist(emb, (emb * valid[..., None]).sum(1, keepdim=True) / valid.sum(1).clamp_min(1)[:, None, None])[..., 0]
+    far = torch.where(torch.isinf(far), start, far).masked_fill(~valid, -math.inf)
+    picks = torch.full((g, k), -1, dtype=torch.int64, device=emb.device)
+    rows = torch.arange(g, device=emb.device)
+    for j in range(k):
+        best, pick = far.max(dim=1)
+        ok = best > -math.inf
+        picks[:, j] = torch.where(ok, pick, -1)
+        d = torch.linalg.vector_norm(emb - emb[rows, pick][:, None], dim=2)
+        far = torch.minimum(far, d).masked_fill(~valid, -math.inf)
+        far[rows[ok], pick[ok]] = -math.inf
+        valid = valid.clone()
+        valid[rows[ok], pick[ok]] = False
+    return picks
+
+
+def diverse_scores(pool: PoolScores, per_image: int | None, total: int | None, multiple: float | None) -> torch.Tensor:
+    """Scores [N, R] that rank a greedy k-center batch first: per image (`per_image` picks each)
+    or over the whole pool (`total` picks). With `multiple`, only the multiple x batch
+    best-scoring candidates take part (the hybrid strategy)."""
+    n, m = pool.candidates.shape
+    valid = pool.candidates >= 0
+    cand_scores = torch.gather(pool.scores, 1, pool.candidates.clamp_min(0)).masked_fill(~valid, -math.inf)
+    if per_image is not None:
+        if multiple:
+            keep = min(m, math.ceil(multiple * per_image))
+            valid &= cand_scores >= cand_scores.topk(keep, dim=1).values[:, -1:]
+        picks = k_center(pool.embeddings, valid, pool.labelled, pool.labelled_valid, per_image)
+        image = torch.arange(n, device=picks.device)[:, None].expand_as(picks)
+        rank = torch.arange(per_image, 0, -1, device=picks.device, dtype=torch.float32).expand_as(picks)
+    else:
+        if multiple:
+            keep = min(int(valid.sum()), math.ceil(multiple * total))
+            if keep > 0:
+                valid &= cand_scores >= cand_scores.flatten().topk(keep).values[-1]
+        flat = lambda t: t.reshape(1, n * t.shape[1], *t.shape[2:])  # noqa: E731
+        picks = k_center(flat(pool.embeddings), flat(valid), flat(pool.labelled), flat(pool.labelled_valid), total)
+        image, picks = picks // m, picks % m
+        image = torch.where(picks >= 0, image, -1)
+        rank = torch.arange(total, 0, -1, device=picks.device, dtype=torch.float32)[None]
+    out = torch.full_like(pool.scores, -math.inf)
+    ok = picks >= 0
+    regions = pool.candidates[image[ok], picks[ok]]
+    out[image[ok], regions] = rank[ok]
+    return out
 
 
 def select_per_image(scores: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -76,3 +76,24 @@ def test_resume_of_a_completed_run_does_nothing(make_cfg, tmp_path):
     assert (tmp_path / "run" / "metrics.csv").read_text() == before
     with pytest.raises(AlsegError, match="strategy.name"):
         run(make_cfg("resume=true", "strategy=margin"), tmp_path / "run")
+
+
+@pytest.mark.parametrize("strategy", ["ratio", "bald", "variation_ratio", "vote_entropy", "kl_consensus", "coreset", "hybrid"])
+def test_every_strategy_runs_with_pixels_and_superpixels(make_cfg, tmp_path, strategy):
+    extra = ["strategy.passes=2"] if strategy in ("bald", "variation_ratio", "vote_entropy", "kl_consensus") else []
+    run(make_cfg(f"strategy={strategy}", "budget.cycles=1", *extra), tmp_path / "pixel")
+    run(make_cfg(f"strategy={strategy}", "budget.cycles=1", "region=seeds", "region.num_superpixels=30",
+                 "budget=clicks", "budget.initial=20", "budget.per_cycle=15", *extra), tmp_path / "seeds")
+    pixel = pd.read_csv(tmp_path / "pixel" / "metrics.csv")
+    seeds = pd.read_csv(tmp_path / "seeds" / "metrics.csv")
+    assert pixel["clicks"].tolist() == [36, 72] and seeds["clicks"].tolist() == [20, 35]
+    for out in ("pixel", "seeds"):
+        pairs = [p for images, regions in selections(tmp_path / out) for p in zip(images, regions)]
+        assert len(pairs) == len(set(pairs))
+
+
+def test_committee_of_models(make_cfg, tmp_path):
+    cfg = make_cfg("strategy=vote_entropy", "strategy.committee=models", "strategy.members=2", "budget.cycles=1")
+    run(cfg, tmp_path / "run")
+    assert (tmp_path / "run" / "state" / "cycle_01" / "member_1.pt").exists()
+    assert len(pd.read_csv(tmp_path / "run" / "metrics.csv")) == 2

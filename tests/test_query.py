@@ -2,6 +2,7 @@ import math
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 
 from alseg import query
 from alseg.regions import Regions
@@ -74,12 +75,12 @@ def test_score_pool_averages_over_regions_and_blocks_asked_ones():
     images = torch.zeros(1, 2, 3, 3, dtype=torch.uint8)
     labels = np.zeros((1, 2, 3), np.uint8)
     revealed = np.full((1, 2, 3), 255, np.uint8)
-    strategy = STRATEGIES["least_confidence"](None)
+    strategy = STRATEGIES["least_confidence"](OmegaConf.create({"name": "least_confidence"}))
     g = torch.Generator().manual_seed(0)
-    scores, _ = query.score_pool(strategy, FixedModel(logits), images, labels, revealed, regions, g, 4, 2)
+    scores = query.score_pool(strategy, [FixedModel(logits)], images, labels, revealed, regions, g, 4, 2).scores
     assert torch.allclose(scores, torch.tensor([[(0.5 + 0.3) / 2, (0.1 + 0.1 + 0.1 + 0.4) / 4]]))
     revealed[0, 1, 2] = 3  # one pixel of region 1 already revealed -> region 1 not askable
-    scores, _ = query.score_pool(strategy, FixedModel(logits), images, labels, revealed, regions, g, 4, 2)
+    scores = query.score_pool(strategy, [FixedModel(logits)], images, labels, revealed, regions, g, 4, 2).scores
     assert scores[0, 1] == -INF and torch.isfinite(scores[0, 0])
 
 
@@ -90,5 +91,32 @@ def test_score_pool_pixels_skip_void_and_asked_pixels():
     revealed = np.full((2, 2, 2), 255, np.uint8)
     revealed[1, 0, 0] = 0
     g = torch.Generator().manual_seed(0)
-    scores, _ = query.score_pool(STRATEGIES["random"](None), None, images, labels, revealed, regions, g, 1, 2)
+    scores = query.score_pool(STRATEGIES["random"](OmegaConf.create({"name": "random"})), [], images, labels, revealed, regions, g, 1, 2).scores
     assert torch.isfinite(scores).tolist() == [[True, False, True, True], [False, True, True, True]]
+
+
+def test_k_center_picks_the_point_farthest_from_the_labelled_set_then_from_the_picks():
+    emb = torch.tensor([[[0.0, 0.0], [1.0, 0.0], [10.0, 0.0], [9.0, 0.0], [5.0, 5.0]]])
+    valid = torch.tensor([[False, True, True, True, True]])  # point 0 is already labelled
+    labelled = torch.tensor([[[0.0, 0.0]]])
+    picks = query.k_center(emb, valid, labelled, torch.tensor([[True]]), 3)
+    # farthest from 0: point 2 (10); then farthest from {0, 2}: point 4 (5,5: 7.07 vs 5.83...)
+    assert picks.tolist() == [[2, 4, 1]]
+
+
+def test_mc_scoring_varies_only_through_dropout():
+    from alseg.model import Segmenter, enable_dropout
+    import segmentation_models_pytorch as smp
+
+    torch.manual_seed(0)
+    net = smp.create_model("FPN", encoder_name="tu-test_resnet", encoder_weights=None, classes=3,
+                           decoder_pyramid_channels=32, decoder_segmentation_channels=32)
+    model = Segmenter(net, 32, dropout=0.5)
+    x = torch.randn(2, 3, 32, 32)
+    model.eval()
+    with torch.inference_mode():
+        assert torch.equal(model(x), model(x))  # eval: deterministic
+        assert enable_dropout(model) >= 1
+        assert not torch.equal(model(x), model(x))  # only dropout is stochastic ...
+        bn = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        assert bn and not any(m.training for m in bn)  # ... batch norm stays in eval mode

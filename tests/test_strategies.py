@@ -27,3 +27,53 @@ def test_margin_scores_small_margins_highest():
     s = STRATEGIES["margin"](CFG).pixel_scores(probs([0.7, 0.2, 0.1], [0.4, 0.35, 0.25]))
     assert torch.allclose(s.flatten(), torch.tensor([1 - 0.5, 1 - 0.05]))
     assert s.flatten()[1] > s.flatten()[0]
+
+
+def passes(*committee):
+    """Each member's per-pixel probability vectors -> a list of [1, C, 1, P] tensors."""
+    return [probs(*member) for member in committee]
+
+
+def mc(name):
+    return STRATEGIES[name](OmegaConf.create({"name": name, "passes": 3}))
+
+
+def test_ratio_is_second_over_best():
+    s = STRATEGIES["ratio"](CFG).pixel_scores(probs([0.6, 0.3, 0.1], [0.5, 0.5, 0.0]))
+    assert torch.allclose(s.flatten(), torch.tensor([0.5, 1.0]))
+
+
+def test_bald_is_zero_when_all_passes_agree_and_positive_when_they_disagree():
+    agree = mc("bald").score_passes(passes([[0.7, 0.3]], [[0.7, 0.3]], [[0.7, 0.3]]))
+    assert torch.allclose(agree, torch.zeros(1), atol=1e-6)
+    split = mc("bald").score_passes(passes([[1.0, 0.0]], [[0.0, 1.0]]))
+    assert torch.allclose(split.flatten(), torch.tensor([math.log(2)]), atol=1e-5)  # H[0.5, 0.5] - 0
+
+
+def test_vote_entropy_is_zero_for_a_unanimous_committee():
+    unanimous = mc("vote_entropy").score_passes(passes([[0.6, 0.4]], [[0.9, 0.1]], [[0.51, 0.49]]))
+    assert torch.allclose(unanimous, torch.zeros(1), atol=1e-6)
+    split = mc("vote_entropy").score_passes(passes([[0.6, 0.4]], [[0.2, 0.8]], [[0.9, 0.1]], [[0.3, 0.7]]))
+    assert torch.allclose(split.flatten(), torch.tensor([math.log(2)]), atol=1e-5)
+
+
+def test_variation_ratio_counts_the_modal_votes():
+    s = mc("variation_ratio").score_passes(passes([[0.6, 0.4]], [[0.2, 0.8]], [[0.9, 0.1]]))
+    assert torch.allclose(s.flatten(), torch.tensor([1 - 2 / 3]))
+
+
+def test_kl_consensus_matches_the_kl_divergences_computed_directly():
+    members = [[0.7, 0.2, 0.1], [0.3, 0.4, 0.3], [0.1, 0.1, 0.8]]
+    p = torch.tensor(members)
+    mean = p.mean(0)
+    expected = (p * (p / mean).log()).sum(1).mean()
+    s = mc("kl_consensus").score_passes(passes(*[[m] for m in members]))
+    assert torch.allclose(s.flatten(), expected.view(1), atol=1e-6)
+
+
+def test_mc_flag_averages_a_single_pass_score_over_the_passes():
+    cfg = OmegaConf.create({"name": "entropy", "mc": True, "passes": 2})
+    strategy = STRATEGIES["entropy"](cfg)
+    assert strategy.passes == 2
+    s = strategy.score_passes(passes([[0.5, 0.5]], [[1.0, 0.0]]))
+    assert torch.allclose(s.flatten(), torch.tensor([math.log(2) / 2]), atol=1e-6)

@@ -2,25 +2,53 @@
 
 A strategy turns the model's class probabilities into a per-pixel informativeness score
 (higher = ask sooner). Region aggregation, modifiers and budget filling are shared by all
-strategies (see alseg.query), so adding one is one class here and one YAML file.
+strategies (alseg.query), so adding one is one class and one YAML file. A user's own class
+is loaded with `strategy=custom strategy._target_=my_pkg.MyStrategy` (see docs/extending.md).
 """
 from __future__ import annotations
 
+from typing import Iterable
+
 import torch
+from hydra.utils import get_class
+from omegaconf import OmegaConf
 
 from alseg.errors import AlsegError
 
 
-class Strategy:
-    """Base class: `pixel_scores(probs [B, C, H, W]) -> [B, H, W]`, higher = more informative."""
+def entropy(probs: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """Shannon entropy along `dim`, with 0 log 0 = 0."""
+    return -(probs * torch.log(probs.clamp_min(1e-12))).sum(dim=dim)
 
-    needs_model = True
+
+class Strategy:
+    """Base class. Override `pixel_scores(probs [B, C, H, W]) -> [B, H, W]` (higher = more
+    informative), or `score_passes` for scores that need several stochastic passes."""
+
+    needs_model = True       # False: scores do not depend on the model (random)
+    multi_pass = False       # True: scores come from T passes (MC dropout or a committee)
+    uses_embeddings = False  # True: selection uses region embeddings (core-set, hybrid)
 
     def __init__(self, cfg) -> None:
         self.cfg = cfg
 
+    @property
+    def passes(self) -> int:
+        """Stochastic passes per image: `strategy.passes` for MC strategies, else 1."""
+        mc = self.multi_pass or bool(self.cfg.get("mc", False))
+        return int(self.cfg.get("passes", 1)) if mc else 1
+
     def pixel_scores(self, probs: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement pixel_scores(probs) -> [B, H, W]")
+
+    def score_passes(self, passes: Iterable[torch.Tensor]) -> torch.Tensor:
+        """Scores from several passes' probabilities: the mean of the single-pass scores
+        (`strategy.mc=true`); multi-pass strategies override this."""
+        total, count = None, 0
+        for probs in passes:
+            s = self.pixel_scores(probs)
+            total, count = (s if total is None else total + s), count + 1
+        return total / count
 
 
 class Random(Strategy):
@@ -33,7 +61,7 @@ class Entropy(Strategy):
     """Shannon entropy of the softmax, -sum_c p_c log p_c."""
 
     def pixel_scores(self, probs):
-        return -(probs * torch.log(probs.clamp_min(1e-12))).sum(dim=1)
+        return entropy(probs)
 
 
 class LeastConfidence(Strategy):
@@ -51,16 +79,129 @@ class Margin(Strategy):
         return 1.0 - (top2[:, 0] - top2[:, 1])
 
 
+class Ratio(Strategy):
+    """Cai et al.: p2 / p1, the second-best over the best probability."""
+
+    def pixel_scores(self, probs):
+        top2 = probs.topk(2, dim=1).values
+        return top2[:, 1] / top2[:, 0].clamp_min(1e-12)
+
+
+class Bald(Strategy):
+    """BALD mutual information: H[mean_t p_t] - mean_t H[p_t] over T passes."""
+
+    multi_pass = True
+
+    def score_passes(self, passes):
+        total, total_entropy, count = 0.0, 0.0, 0
+        for probs in passes:
+            total, total_entropy, count = total + probs, total_entropy + entropy(probs), count + 1
+        return entropy(total / count) - total_entropy / count
+
+
+def _votes(passes: Iterable[torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """Hard votes per class [B, C, H, W] over the passes, and the number of passes."""
+    votes, count = None, 0
+    for probs in passes:
+        hard = torch.zeros_like(probs).scatter_(1, probs.argmax(dim=1, keepdim=True), 1.0)
+        votes, count = (hard if votes is None else votes + hard), count + 1
+    return votes, count
+
+
+class VariationRatio(Strategy):
+    """1 - (votes for the modal class) / T over T passes."""
+
+    multi_pass = True
+
+    def score_passes(self, passes):
+        votes, count = _votes(passes)
+        return 1.0 - votes.amax(dim=1) / count
+
+
+class VoteEntropy(Strategy):
+    """Query by committee: entropy of the members' hard votes."""
+
+    multi_pass = True
+
+    def score_passes(self, passes):
+        votes, count = _votes(passes)
+        return entropy(votes / count)
+
+
+class KLConsensus(Strategy):
+    """Query by committee: mean_m KL(p_m || mean p), accumulated as
+    mean_m sum_c p_m log p_m - sum_c pbar log pbar (the same sum, without storing the passes)."""
+
+    multi_pass = True
+
+    def score_passes(self, passes):
+        total, neg_entropy, count = 0.0, 0.0, 0
+        for probs in passes:
+            total, neg_entropy, count = total + probs, neg_entropy - entropy(probs), count + 1
+        return (neg_entropy / count + entropy(total / count)).clamp_min(0)
+
+
+class Coreset(Strategy):
+    """Greedy k-center in the decoder's feature space: repeatedly take the askable region
+    farthest from everything labelled or already chosen (alseg.query.k_center). Its scores
+    are random: for pixel regions they pick the random candidate pixels of each image."""
+
+    uses_embeddings = True
+
+    def pixel_scores(self, probs):
+        return torch.rand_like(probs[:, 0])
+
+
+class Hybrid(Strategy):
+    """The `strategy.candidates` x batch most uncertain regions (by `strategy.uncertainty`),
+    then a diverse batch among them by greedy k-center."""
+
+    uses_embeddings = True
+
+    def __init__(self, cfg) -> None:
+        super().__init__(cfg)
+        plain = OmegaConf.to_container(cfg, resolve=True)
+        self.uncertainty = build_strategy(OmegaConf.create({**plain, "name": cfg.uncertainty, "_target_": None}))
+
+    @property
+    def passes(self) -> int:
+        return self.uncertainty.passes
+
+    def score_passes(self, passes):
+        return self.uncertainty.score_passes(passes)
+
+
 STRATEGIES: dict[str, type[Strategy]] = {
     "random": Random,
     "entropy": Entropy,
     "least_confidence": LeastConfidence,
     "margin": Margin,
+    "ratio": Ratio,
+    "bald": Bald,
+    "variation_ratio": VariationRatio,
+    "vote_entropy": VoteEntropy,
+    "kl_consensus": KLConsensus,
+    "coreset": Coreset,
+    "hybrid": Hybrid,
 }
+
+
+def strategy_class(cfg) -> type[Strategy]:
+    """The class that `cfg` names: `strategy._target_` (a user's class) or `strategy.name`."""
+    target = cfg.get("_target_")
+    if target:
+        try:
+            cls = get_class(target)
+        except Exception as exc:
+            raise AlsegError(f"cannot import strategy._target_={target}: {exc}") from exc
+        if not (isinstance(cls, type) and issubclass(cls, Strategy)):
+            raise AlsegError(f"strategy._target_={target} must be a subclass of alseg.strategies.Strategy")
+        return cls
+    if cfg.name not in STRATEGIES:
+        raise AlsegError(f"unknown strategy {cfg.name!r}; available: {', '.join(sorted(STRATEGIES))}")
+    return STRATEGIES[cfg.name]
 
 
 def build_strategy(cfg) -> Strategy:
     """The strategy that `cfg` (the `strategy` config group) names."""
-    if cfg.name not in STRATEGIES:
-        raise AlsegError(f"unknown strategy {cfg.name!r}; available: {', '.join(sorted(STRATEGIES))}")
-    return STRATEGIES[cfg.name](cfg)
+    return strategy_class(cfg)(cfg)
