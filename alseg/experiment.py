@@ -127,7 +127,8 @@ class RunFiles:
         atomic_write(folder / "model.pt", lambda f: torch.save(models[0].state_dict(), f))
         for m, member in enumerate(models[1:], start=1):
             atomic_write(folder / f"member_{m}.pt", lambda f: torch.save(member.state_dict(), f))
-        atomic_write(folder / "torch_rng.pt", lambda f: torch.save(generator.get_state(), f))
+        rng_states = {"generator": generator.get_state(), "global": torch.get_rng_state()}
+        atomic_write(folder / "torch_rng.pt", lambda f: torch.save(rng_states, f))
         config = OmegaConf.to_container(self.cfg, resolve=True)
         atomic_write(self.state / "latest.json", lambda f: json.dump({"cycle": cycle, "config": config}, f), "w")
         for old in self.state.glob("cycle_*"):
@@ -309,7 +310,9 @@ def _restore(files: RunFiles, cycle: int, pool: Pool, models, generator, rng, de
     with np.load(folder / "selections.npz") as sel:
         pool.selections = [(sel[f"cycle_{k:02d}_images"], sel[f"cycle_{k:02d}_regions"]) for k in range(cycle + 1)]
     rng.bit_generator.state = meta["numpy_rng"]
-    generator.set_state(torch.load(folder / "torch_rng.pt"))
+    rng_states = torch.load(folder / "torch_rng.pt")
+    generator.set_state(rng_states["generator"])
+    torch.set_rng_state(rng_states["global"])
     for m, model in enumerate(models):
         name = "model.pt" if m == 0 else f"member_{m}.pt"
         model.load_state_dict(torch.load(folder / name, map_location=device))

@@ -57,14 +57,50 @@ def build_model(cfg, num_classes: int, dropout: float | None = None) -> torch.nn
     import segmentation_models_pytorch as smp
 
     kwargs = OmegaConf.to_container(cfg.get("kwargs") or {}, resolve=True)
+    weights = cfg.encoder_weights
+    local = weights is not None and is_weights_file(str(weights))
     try:
         net = smp.create_model(
-            cfg.arch, encoder_name=cfg.encoder, encoder_weights=cfg.encoder_weights, classes=num_classes, **kwargs
+            cfg.arch, encoder_name=cfg.encoder, encoder_weights=None if local else weights, classes=num_classes, **kwargs
         )
     except (KeyError, ValueError, TypeError) as exc:
         raise AlsegError(f"cannot build model {cfg.arch} with encoder {cfg.encoder}: {exc}") from exc
+    except Exception as exc:  # a download that failed: offline machine, proxy, hub outage
+        raise AlsegError(
+            f"could not fetch the {weights} weights of encoder {cfg.encoder} ({type(exc).__name__}: {exc}). "
+            "On an offline machine, download them elsewhere and pass a local file: "
+            "model.encoder_weights=/path/to/encoder.pth (a state dict or .safetensors)"
+        ) from exc
+    if local:
+        load_encoder_weights(net.encoder, str(weights))
     depth = int(kwargs.get("encoder_depth", 5))
     return Segmenter(net, 2**depth, dropout)
+
+
+def is_weights_file(value: str) -> bool:
+    """`model.encoder_weights` names a local file (not a hub name such as 'imagenet')."""
+    return "/" in value or value.endswith((".pt", ".pth", ".bin", ".safetensors"))
+
+
+def load_encoder_weights(encoder: torch.nn.Module, path: str) -> None:
+    """Load a local encoder state dict (torch or safetensors), e.g. for offline clusters."""
+    from pathlib import Path
+
+    if not Path(path).is_file():
+        raise AlsegError(f"model.encoder_weights={path}: no such file")
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise AlsegError(f"model.encoder_weights={path} is not a readable state dict: {exc}") from exc
+    state = state.get("state_dict", state)
+    missing, unexpected = encoder.load_state_dict(state, strict=False)
+    if len(missing) == len(encoder.state_dict()):
+        raise AlsegError(f"model.encoder_weights={path}: none of its keys match the encoder ({len(unexpected)} unexpected keys)")
 
 
 def enable_dropout(model: torch.nn.Module) -> int:

@@ -1,0 +1,106 @@
+"""Resuming after a kill, exhausted pools, save_model, weights files, errors a user can cause."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import torch
+
+from alseg.errors import AlsegError
+from alseg.experiment import run
+from conftest import TINY
+
+TIMING = ["train_s", "query_s"]
+SLOW = [*TINY, "train.epochs=6", "budget.cycles=4", "strategy=margin", "dataset.num_train=24"]
+
+
+def alseg_run(tmp_path, out, *overrides):
+    env = {**os.environ, "ALSEG_CACHE": str(tmp_path / "cache")}
+    return subprocess.Popen([sys.executable, "-m", "alseg.cli", "run", *SLOW, f"hydra.run.dir={out}", *overrides],
+                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def test_sigkill_mid_cycle_then_resume_gives_the_uninterrupted_metrics(tmp_path):
+    assert alseg_run(tmp_path, "whole").wait(timeout=600) == 0
+    job = alseg_run(tmp_path, "killed")
+    metrics = tmp_path / "killed" / "metrics.csv"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+        time.sleep(0.2)  # wait until cycle 1 is done ...
+    time.sleep(1.0)      # ... and cycle 2 has started training
+    assert job.poll() is None, "the run ended before it could be killed"
+    job.send_signal(signal.SIGKILL)
+    job.wait()
+    assert json.loads((tmp_path / "killed" / "summary.json").read_text())["status"] == "running"
+    assert alseg_run(tmp_path, "killed", "resume=true").wait(timeout=600) == 0
+    whole = pd.read_csv(tmp_path / "whole" / "metrics.csv").drop(columns=TIMING)
+    resumed = pd.read_csv(metrics).drop(columns=TIMING)
+    pd.testing.assert_frame_equal(whole, resumed)
+    assert json.loads((tmp_path / "killed" / "summary.json").read_text())["status"] == "completed"
+
+
+def test_a_budget_larger_than_the_pool_finishes_what_it_can(make_cfg, tmp_path):
+    # 32x48 = 1536 pixels per image: 1000 + ~500 fill the pool, the third cycle finds nothing
+    summary = run(make_cfg("budget.initial=1000", "budget.per_cycle=1000", "budget.cycles=3"), tmp_path / "run")
+    assert summary["status"] == "completed" and summary["budget_exhausted"]
+    assert "no askable region left" in summary["message"]
+    metrics = pd.read_csv(tmp_path / "run" / "metrics.csv")
+    assert len(metrics) == 2 and metrics["labelled_fraction"].iloc[-1] > 0.9
+
+
+@pytest.mark.parametrize("mode,files", [("never", []), ("last", ["model.pt"]),
+                                        ("every", ["model.pt", "checkpoints/cycle_00.pt", "checkpoints/cycle_01.pt"])])
+def test_save_model(make_cfg, tmp_path, mode, files):
+    run(make_cfg(f"save_model={mode}", "budget.cycles=1"), tmp_path)
+    found = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.pt") if "state" not in p.parts)
+    assert found == sorted(files)
+
+
+def test_encoder_weights_from_a_local_file(make_cfg, tmp_path):
+    from alseg.model import build_model
+
+    cfg = make_cfg()
+    source = build_model(cfg.model, 9)
+    torch.save(source.net.encoder.state_dict(), tmp_path / "encoder.pth")
+    loaded = build_model(make_cfg(f"model.encoder_weights={tmp_path}/encoder.pth").model, 9)
+    for a, b in zip(source.net.encoder.state_dict().values(), loaded.net.encoder.state_dict().values()):
+        assert torch.equal(a, b)
+    with pytest.raises(AlsegError, match="no such file"):
+        build_model(make_cfg(f"model.encoder_weights={tmp_path}/missing.pth").model, 9)
+
+
+def test_unreachable_pretrained_weights_say_how_to_use_a_local_file(make_cfg, monkeypatch):
+    import segmentation_models_pytorch as smp
+
+    from alseg.model import build_model
+
+    def offline(*args, **kwargs):
+        raise OSError("Temporary failure in name resolution")
+
+    monkeypatch.setattr(smp, "create_model", offline)
+    with pytest.raises(AlsegError, match=r"model.encoder_weights=/path/to/"):
+        build_model(make_cfg("model.encoder_weights=imagenet").model, 9)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["strategy=coreset", "budget=clicks"], "use budget=per_image"),
+    (["strategy=bald", "model.dropout=null"], "needs MC dropout"),
+    (["strategy=random", "strategy.class_balance=true"], "model-based strategy"),
+    (["strategy=margin", "strategy.aggregate=median"], "mean, sum or max"),
+    (["device=tpu"], "device must be"),
+])
+def test_impossible_combinations_fail_before_any_work(make_cfg, tmp_path, overrides, message):
+    with pytest.raises(AlsegError, match=message):
+        run(make_cfg(*overrides), tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "failed"
+    assert not (tmp_path / "run" / "metrics.csv").exists() and not (tmp_path / "run" / "state").exists()
+
+
+def test_a_second_run_into_the_same_directory_is_refused(make_cfg, tmp_path):
+    run(make_cfg("budget.cycles=0"), tmp_path)
+    with pytest.raises(AlsegError, match="resume=true"):
+        run(make_cfg("budget.cycles=0"), tmp_path)
