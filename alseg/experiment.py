@@ -22,12 +22,12 @@ from alseg import query
 from alseg.data import load_dataset
 from alseg.errors import AlsegError
 from alseg.metrics import iou_per_class, miou, pixel_accuracy
-from alseg.model import build_model
+from alseg.model import build_model, check_model
 from alseg.oracle import NO_LABEL, Oracle
 from alseg.overlay import save_query_overlay
-from alseg.pool import Pool, atomic_write
+from alseg.pool import Pool, atomic_write, record_selection
 from alseg.regions import build_regions
-from alseg.strategies import STRATEGIES, build_strategy, strategy_class
+from alseg.strategies import STRATEGIES, build_strategy, check_strategy, strategy_class
 from alseg.train import evaluate, train_cycle
 
 log = logging.getLogger(__name__)
@@ -195,7 +195,13 @@ def _run(cfg: DictConfig, files: RunFiles, rows: list[dict], start_cycle: int) -
     oracle = Oracle(cfg.annotation, regions, data.train.labels, c, rng)
     strategy = build_strategy(cfg.strategy)
     random_strategy = STRATEGIES["random"](cfg.strategy)
+    check_strategy(strategy, c)
     models = _build_models(cfg, strategy, c, device)
+    for model in models:
+        check_model(model, c, (h, w), device)
+        if strategy.uses_embeddings and not (hasattr(model, "features") and hasattr(model, "head")):
+            raise AlsegError(f"strategy {cfg.strategy.name} needs embeddings: model {type(model).__name__} "
+                             "must have features(x) and head(features, size)")
     initial_weights = [copy.deepcopy(m.state_dict()) for m in models]
     train_images = torch.from_numpy(np.asarray(data.train.images)).to(device)
     val_images = torch.from_numpy(np.asarray(data.val.images)).to(device)
@@ -227,7 +233,7 @@ def _run(cfg: DictConfig, files: RunFiles, rows: list[dict], start_cycle: int) -
             spent = oracle.reveal(pool.revealed, *chosen)
             pool.regions += len(chosen[0])
         pool.clicks += spent
-        pool.selections.append(chosen)
+        record_selection(files.state, cycle, *chosen)
         query_s = time.perf_counter() - t0
         if cycle > 0:
             log.info("  asked %d regions (%d clicks) in %.1fs", len(chosen[0]), spent, query_s)
@@ -273,7 +279,7 @@ def _build_models(cfg: DictConfig, strategy, num_classes: int, device: torch.dev
         strategy.cfg = OmegaConf.merge(strategy.cfg, {"passes": 1})
         return models
     dropout = cfg.model.get("dropout") if strategy.passes > 1 else None
-    if strategy.passes > 1 and not dropout:
+    if strategy.passes > 1 and not dropout and not cfg.model.get("_target_"):
         raise AlsegError(f"strategy {cfg.strategy.name} needs MC dropout: set model.dropout (e.g. 0.2)")
     return [build_model(cfg.model, num_classes, dropout).to(device)]
 
@@ -307,8 +313,6 @@ def _restore(files: RunFiles, cycle: int, pool: Pool, models, generator, rng, de
     meta = json.loads((folder / "meta.json").read_text())
     pool.revealed[:] = np.load(folder / "revealed.npy")
     pool.clicks, pool.regions = meta["clicks"], meta["regions"]
-    with np.load(folder / "selections.npz") as sel:
-        pool.selections = [(sel[f"cycle_{k:02d}_images"], sel[f"cycle_{k:02d}_regions"]) for k in range(cycle + 1)]
     rng.bit_generator.state = meta["numpy_rng"]
     rng_states = torch.load(folder / "torch_rng.pt")
     generator.set_state(rng_states["generator"])

@@ -53,9 +53,12 @@ class Segmenter(torch.nn.Module):
 
 
 def build_model(cfg, num_classes: int, dropout: float | None = None) -> torch.nn.Module:
-    """The `model` config group as a Segmenter; `dropout` adds MC dropout before the head."""
+    """The `model` config group as a Segmenter; `dropout` adds MC dropout before the head.
+    With `model._target_`, a user's factory `target(num_classes=C, **model.kwargs)` instead."""
     import segmentation_models_pytorch as smp
 
+    if cfg.get("_target_"):
+        return build_custom_model(cfg, num_classes)
     kwargs = OmegaConf.to_container(cfg.get("kwargs") or {}, resolve=True)
     weights = cfg.encoder_weights
     local = weights is not None and is_weights_file(str(weights))
@@ -75,6 +78,38 @@ def build_model(cfg, num_classes: int, dropout: float | None = None) -> torch.nn
         load_encoder_weights(net.encoder, str(weights))
     depth = int(kwargs.get("encoder_depth", 5))
     return Segmenter(net, 2**depth, dropout)
+
+
+def build_custom_model(cfg, num_classes: int) -> torch.nn.Module:
+    """A user's model: any callable returning a torch.nn.Module that maps [B, 3, H, W] to
+    logits [B, C, H, W] (optionally with `features(x)` and `head(features, size)`)."""
+    from hydra.utils import get_object
+
+    try:
+        factory = get_object(cfg._target_)
+    except Exception as exc:
+        raise AlsegError(f"cannot import model._target_={cfg._target_}: {exc}") from exc
+    kwargs = OmegaConf.to_container(cfg.get("kwargs") or {}, resolve=True)
+    model = factory(num_classes=num_classes, **kwargs)
+    if not isinstance(model, torch.nn.Module):
+        raise AlsegError(f"model._target_={cfg._target_} returned {type(model).__name__}, expected a torch.nn.Module")
+    return model
+
+
+def check_model(model: torch.nn.Module, num_classes: int, size: tuple[int, int], device: torch.device) -> None:
+    """Fail early, naming the class, when a model does not map [1, 3, H, W] to [1, C, H, W]."""
+    x = torch.zeros(1, 3, *size, device=device)
+    name = type(model).__name__
+    model.eval()
+    try:
+        with torch.inference_mode():
+            out = model(x)
+    except Exception as exc:
+        raise AlsegError(f"model {name} failed on an input of shape {tuple(x.shape)}: {type(exc).__name__}: {exc}") from exc
+    expected = (1, num_classes, *size)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != expected:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise AlsegError(f"model {name} must return logits of shape [B, C, H, W] = {expected}, got {got}")
 
 
 def is_weights_file(value: str) -> bool:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,12 +22,13 @@ def atomic_write(path: Path, write, mode: str = "wb") -> None:
 
 @dataclass
 class Pool:
-    """Revealed labels uint8 [N, H, W] (255 not asked, 254 asked without label) + history."""
+    """Revealed labels uint8 [N, H, W] (255 not asked, 254 asked without label), clicks and
+    regions spent. This is all that is held in memory (1 byte per pool pixel): which regions
+    were asked in each cycle goes to disk (`record_selection`)."""
 
     revealed: np.ndarray
     clicks: float = 0.0
     regions: int = 0
-    selections: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
 
     @classmethod
     def empty(cls, n: int, height: int, width: int) -> "Pool":
@@ -47,10 +48,27 @@ class Pool:
         return np.bincount(self.revealed[self.labelled_mask()], minlength=num_classes)[:num_classes]
 
     def save(self, folder: Path, extra: dict) -> None:
-        """Write the state atomically: revealed labels, selections per cycle, and `extra` (JSON)."""
+        """Write the state atomically: revealed labels, and `extra` (JSON)."""
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write(folder / "revealed.npy", lambda f: np.save(f, self.revealed))
-        arrays = {f"cycle_{k:02d}_{part}": a for k, sel in enumerate(self.selections) for part, a in zip(("images", "regions"), sel)}
-        atomic_write(folder / "selections.npz", lambda f: np.savez(f, **arrays))
         meta = {"clicks": self.clicks, "regions": self.regions, **extra}
         atomic_write(folder / "meta.json", lambda f: json.dump(meta, f, indent=1), "w")
+
+
+def record_selection(state: Path, cycle: int, images: np.ndarray, regions: np.ndarray) -> None:
+    """Append one cycle's chosen (image, region) pairs to `state/selections/cycle_NN.npz`."""
+    folder = state / "selections"
+    folder.mkdir(parents=True, exist_ok=True)
+    pairs = {"images": images.astype(np.int32), "regions": regions.astype(np.int64)}
+    atomic_write(folder / f"cycle_{cycle:02d}.npz", lambda f: np.savez(f, **pairs))
+
+
+def load_selections(run_dir: str | Path) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The (images, regions) chosen in every completed cycle of a run, in cycle order."""
+    state = Path(run_dir) / "state"
+    last = json.loads((state / "latest.json").read_text())["cycle"]
+    out = []
+    for cycle in range(last + 1):
+        with np.load(state / "selections" / f"cycle_{cycle:02d}.npz") as sel:
+            out.append((sel["images"], sel["regions"]))
+    return out

@@ -14,6 +14,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from alseg.errors import AlsegError
 from alseg.model import enable_dropout, to_input
 from alseg.regions import Regions
 from alseg.strategies import Strategy
@@ -130,7 +131,7 @@ def score_pool(
     for model in models:
         model.eval()
         if strategy.passes > 1 and len(models) == 1 and enable_dropout(model) == 0:
-            raise ValueError("MC strategies need a model with dropout layers (model.dropout)")
+            raise AlsegError(f"{strategy.cfg.name} needs stochastic passes, but {type(model).__name__} has no dropout layer")
     embed = strategy.uses_embeddings and bool(models)
     if embed:
         asked_counts = (np.asarray(revealed).reshape(n, -1) != NOT_ASKED).sum(axis=1)
@@ -159,7 +160,7 @@ def score_pool(
         out.scores[index] = batch_scores
         if embed:
             if keep["features"] is None:
-                raise ValueError(f"strategy {strategy.cfg.name} needs a model with features(x) and head(features, size)")
+                raise AlsegError(f"{strategy.cfg.name} needs embeddings: {type(models[0]).__name__} must have features(x) and head(features, size)")
             embed = _embedder(keep["features"], maps, images.shape[1:3], r)
             _keep_embeddings(out, index, embed, batch_scores, asked_regions, n, cand_width, lab_width)
     return out

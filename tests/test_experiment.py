@@ -10,11 +10,7 @@ from alseg.experiment import run
 TIMING = ["train_s", "query_s"]
 
 
-def selections(out):
-    folder = sorted((out / "state").glob("cycle_*"))[-1]
-    with np.load(folder / "selections.npz") as sel:
-        cycles = sorted({k.split("_")[1] for k in sel.files})
-        return [(sel[f"cycle_{c}_images"], sel[f"cycle_{c}_regions"]) for c in cycles]
+from alseg.pool import load_selections as selections
 
 
 def test_per_image_budget_is_respected_and_nothing_is_asked_twice(make_cfg, tmp_path):

@@ -205,3 +205,21 @@ def strategy_class(cfg) -> type[Strategy]:
 def build_strategy(cfg) -> Strategy:
     """The strategy that `cfg` (the `strategy` config group) names."""
     return strategy_class(cfg)(cfg)
+
+
+def check_strategy(strategy: Strategy, num_classes: int) -> None:
+    """Fail early, naming the class, when a strategy's scores have the wrong shape."""
+    if not strategy.needs_model:
+        return
+    name = type(strategy).__name__
+    probs = torch.full((2, num_classes, 3, 4), 1.0 / num_classes)
+    try:
+        scores = strategy.score_passes(iter([probs] * strategy.passes))
+    except NotImplementedError as exc:
+        raise AlsegError(f"strategy {name}: {exc}") from exc
+    except Exception as exc:
+        raise AlsegError(f"strategy {name} failed on probabilities of shape [B, C, H, W] = {tuple(probs.shape)}: "
+                         f"{type(exc).__name__}: {exc}") from exc
+    if not isinstance(scores, torch.Tensor) or tuple(scores.shape) != (2, 3, 4):
+        got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
+        raise AlsegError(f"strategy {name} must return one score per pixel, shape [B, H, W] = (2, 3, 4), got {got}")
