@@ -40,7 +40,10 @@ RESUME_FREE_KEYS = {"resume", "device", "save_model", "dataset.root", "dataset.c
 def resolve_device(name: str) -> torch.device:
     """`auto` picks CUDA when available."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True
+        return torch.device("cuda")
     if name == "cuda" and not torch.cuda.is_available():
         raise AlsegError("device=cuda but no CUDA device is visible; use device=cpu or device=auto")
     if name not in ("cpu", "cuda"):
@@ -198,6 +201,8 @@ def _run(cfg: DictConfig, files: RunFiles, rows: list[dict], start_cycle: int) -
     check_strategy(strategy, c)
     models = _build_models(cfg, strategy, c, device)
     for model in models:
+        if device.type == "cuda":
+            model.to(memory_format=torch.channels_last)
         check_model(model, c, (h, w), device)
         if strategy.uses_embeddings and not (hasattr(model, "features") and hasattr(model, "head")):
             raise AlsegError(f"strategy {cfg.strategy.name} needs embeddings: model {type(model).__name__} "

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from alseg.errors import AlsegError
-from alseg.model import enable_dropout, to_input
+from alseg.model import autocast, enable_dropout, to_input
 from alseg.regions import Regions
 from alseg.strategies import Strategy
 
@@ -151,7 +151,7 @@ def score_pool(
         else:
             keep: dict = {}
             x = to_input(images[index])
-            with torch.autocast(device.type, enabled=device.type == "cuda"):
+            with autocast(device):
                 pixel = strategy.score_passes(_passes(models, x, strategy.passes, keep))
             batch_scores = _to_regions(pixel.float(), maps, r, _REDUCE[aggregate])
             if out.classes is not None:

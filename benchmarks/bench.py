@@ -1,0 +1,194 @@
+"""`make bench`: alseg's costs as ratios against the hardware floor, measured in one run.
+
+On real CamVid (../shared/data/camvid or --root): data loading from the cache vs decoding the
+PNGs; a training epoch through alseg vs bare forward+backward+step on tensors already in
+memory; scoring the pool (scores, region reduction, selection) vs a bare forward pass over
+the same pool; SEEDS build time per image; memory of the labelled state for a
+Cityscapes-sized pool. Writes outputs/bench/bench.json and prints a table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from hydra import compose, initialize_config_module
+
+from alseg import query
+from alseg.data.camvid import DATASET as CAMVID
+from alseg.data.decode import decode_split, load_split
+from alseg.experiment import resolve_device
+from alseg.model import autocast, build_model, to_input
+from alseg.pool import Pool
+from alseg.regions import build_regions
+from alseg.strategies import build_strategy
+from alseg.train import train_cycle
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def best_of(fn, repeats: int) -> float:
+    """The fastest of `repeats` timings of fn() in seconds (after synchronising a GPU)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def compose_cfg(args) -> object:
+    overrides = [
+        "dataset=camvid", f"dataset.root={args.root}", f"dataset.size=[{args.size[0]},{args.size[1]}]",
+        f"dataset.cache_dir={args.cache_dir}", f"model={args.model}", "model.encoder_weights=null",
+        f"device={args.device}", f"train.batch_size={args.batch_size}", f"train.eval_batch_size={args.batch_size}",
+        "train.epochs=1",
+    ]
+    with initialize_config_module(config_module="alseg.conf", version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+def bench_data(cfg) -> dict:
+    """Decoding the PNGs vs reading the decoded cache (the train split)."""
+    decode_s = best_of(lambda: decode_split(CAMVID, cfg.dataset, "train"), 1)
+    load_split(CAMVID, cfg.dataset, "train")  # builds the cache if missing
+    read_s = best_of(lambda: np.array(load_split(CAMVID, cfg.dataset, "train").images), 3)
+    return {"decode_s": decode_s, "cache_read_s": read_s, "cache_vs_decode_ratio": read_s / decode_s}
+
+
+def bench_train(cfg, model, images, labels, device, repeats) -> dict:
+    """One epoch through alseg vs the same batches as ready tensors: forward, backward, step."""
+    generator = torch.Generator().manual_seed(0)
+    alseg_s = best_of(lambda: train_cycle(model, images, labels, cfg.train, generator), repeats)
+    batches = [(to_input(images[i : i + cfg.train.batch_size]), torch.from_numpy(labels[i : i + cfg.train.batch_size]).long().to(device))
+               for i in range(0, len(images), cfg.train.batch_size)]
+    optimiser = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    loss_fn = torch.nn.CrossEntropyLoss(ignore_index=255)
+
+    def bare():
+        model.train()
+        for x, y in batches:
+            with autocast(device):
+                loss = loss_fn(model(x).float(), y)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+
+    floor_s = best_of(bare, repeats)
+    return {"train_epoch_s": alseg_s, "train_floor_s": floor_s, "train_epoch_ratio": alseg_s / floor_s}
+
+
+def bench_scoring(cfg, name, strategy_overrides, model, images, labels, regions, device, repeats, budget) -> dict:
+    """alseg's scoring of the pool + selection vs a bare forward pass over the same pool."""
+    strategy = build_strategy(compose_strategy(strategy_overrides))
+    revealed = np.full(labels.shape, 255, np.uint8)
+    generator = torch.Generator().manual_seed(0)
+    n = len(images)
+
+    def alseg():
+        scored = query.score_pool(strategy, [model], images, labels, revealed, regions, generator,
+                                  cfg.train.eval_batch_size, 11, aggregate="mean", exclude_void=True)
+        if regions.maps is None:
+            query.select_per_image(scored.scores, 10)
+        else:
+            query.select_by_clicks(scored.scores, None, budget)
+
+    inputs = [to_input(images[i : i + cfg.train.eval_batch_size]) for i in range(0, n, cfg.train.eval_batch_size)]
+
+    @torch.inference_mode()
+    def bare():
+        model.eval()
+        for x in inputs:
+            with autocast(device):
+                model(x)
+
+    alseg_s, floor_s = best_of(alseg, repeats), best_of(bare, repeats)
+    return {f"scoring_s_{name}": alseg_s, f"forward_s_{name}": floor_s, f"scoring_ratio_{name}": alseg_s / floor_s}
+
+
+def compose_strategy(overrides: list[str]):
+    with initialize_config_module(config_module="alseg.conf", version_base="1.3"):
+        return compose(config_name="config", overrides=overrides).strategy
+
+
+def state_bytes_per_pixel() -> float:
+    """Memory held by the labelled state of a Cityscapes-sized pool (2975 images of 256x512),
+    after 10 cycles of 10 pixels per image."""
+    n, h, w = 2975, 256, 512
+    pool = Pool.empty(n, h, w)
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        idx = rng.integers(0, h * w, size=(n, 10))
+        pool.revealed.reshape(n, -1)[np.arange(n)[:, None], idx] = rng.integers(0, 19, size=(n, 10))
+    held = sum(v.nbytes if isinstance(v, np.ndarray) else 8 for v in vars(pool).values())
+    return held / (n * h * w)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", default=str(REPO.parent / "shared/data/camvid"))
+    parser.add_argument("--size", type=int, nargs=2, default=[360, 480], metavar=("H", "W"))
+    parser.add_argument("--model", default="deeplabv3plus_mobilenetv2")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--images", type=int, default=0, help="use the first N train images (0: all)")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--cache-dir", default=os.environ.get("ALSEG_CACHE", str(Path.home() / ".cache/alseg")))
+    parser.add_argument("--out", default=str(REPO / "outputs/bench/bench.json"))
+    args = parser.parse_args()
+    if not Path(args.root, "train").is_dir():
+        raise SystemExit(f"error: no CamVid at {args.root}; pass --root PATH (the folder holding train/ and trainannot/)")
+
+    cfg = compose_cfg(args)
+    device = resolve_device(cfg.device)
+    torch.manual_seed(0)
+    result = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+              "cpu_count": os.cpu_count(), "torch": torch.__version__, "model": f"{cfg.model.arch}/{cfg.model.encoder}",
+              "size": list(args.size), "batch_size": args.batch_size}
+    result.update(bench_data(cfg))
+    train = load_split(CAMVID, cfg.dataset, "train")
+    count = args.images or len(train.images)
+    labels = np.ascontiguousarray(train.labels[:count])
+    images = torch.from_numpy(np.ascontiguousarray(train.images[:count])).to(device)
+    result["images"] = count
+
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        seeds = build_regions(compose_strategy_region(), train.images[:count], tmp, {"bench": count})
+    result["superpixel_ms_per_image"] = (time.perf_counter() - start) / count * 1000
+    result["superpixels_per_image"] = float(seeds.counts.mean())
+    pixels = build_regions(compose_cfg(args).region, train.images[:count], args.cache_dir, {})
+
+    model = build_model(cfg.model, 11, dropout=0.2).to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    result.update(bench_train(cfg, model, images, labels, device, args.repeats))
+    budget = 10 * count
+    result.update(bench_scoring(cfg, "margin_pixel", ["strategy=margin"], model, images, labels, pixels, device, args.repeats, budget))
+    result.update(bench_scoring(cfg, "margin_seeds", ["strategy=margin"], model, images, labels, seeds, device, args.repeats, budget))
+    result.update(bench_scoring(cfg, "bald8_seeds", ["strategy=bald", "strategy.passes=8"], model, images, labels, seeds, device, args.repeats, budget))
+    result["state_bytes_per_pixel"] = state_bytes_per_pixel()
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    width = max(map(len, result))
+    for key, value in result.items():
+        print(f"{key:<{width}}  {value:.3f}" if isinstance(value, float) else f"{key:<{width}}  {value}")
+    print(f"wrote {out}")
+
+
+def compose_strategy_region():
+    with initialize_config_module(config_module="alseg.conf", version_base="1.3"):
+        return compose(config_name="config", overrides=["region=seeds"]).region
+
+
+if __name__ == "__main__":
+    main()

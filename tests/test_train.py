@@ -1,0 +1,51 @@
+import torch
+from omegaconf import OmegaConf
+
+from alseg.augment import augment
+from alseg.train import make_optimiser, make_schedule
+
+AUG = OmegaConf.create({"hflip": True, "scale": [0.5, 2.0], "jitter": 0.3})
+
+
+def test_augment_keeps_shapes_and_labels_aligned_with_pixels():
+    g = torch.Generator().manual_seed(0)
+    # the image's red channel encodes the label, so alignment can be checked after any transform
+    blocks = torch.randint(0, 5, (4, 3, 4), generator=g).to(torch.uint8)
+    y = blocks.repeat_interleave(8, dim=1).repeat_interleave(8, dim=2)  # 8x8 blocks of one label
+    x = torch.stack([y.float() * 50, torch.zeros_like(y, dtype=torch.float32), torch.zeros_like(y, dtype=torch.float32)], 1)
+    cfg = OmegaConf.merge(AUG, {"jitter": 0.0})
+    for _ in range(5):
+        ax, ay = augment(x, y, cfg, g)
+        assert ax.shape == x.shape and ay.shape == y.shape
+        keep = ay != 255
+        assert keep.any()
+        # bilinear resampling blurs edges: most labelled pixels still carry their own colour
+        match = (ax[:, 0][keep] / 50).round() == ay[keep].float()
+        assert match.float().mean() > 0.8
+
+
+def test_jitter_stays_in_range_and_changes_colours():
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(3, 3, 8, 8, generator=g) * 255
+    y = torch.zeros(3, 8, 8, dtype=torch.uint8)
+    ax, _ = augment(x, y, OmegaConf.create({"hflip": False, "scale": None, "jitter": 0.4}), g)
+    assert ax.min() >= 0 and ax.max() <= 255 and not torch.allclose(ax, x)
+
+
+def test_encoder_learning_rate_and_step_schedule():
+    from alseg.model import build_model
+
+    model = build_model(OmegaConf.create({"arch": "FPN", "encoder": "tu-test_resnet", "encoder_weights": None,
+                                          "kwargs": {"decoder_pyramid_channels": 32, "decoder_segmentation_channels": 32}}), 3)
+    cfg = OmegaConf.create({"optimizer": "adam", "lr": 1e-3, "encoder_lr": 1e-4, "weight_decay": 0.0, "momentum": 0.9,
+                            "schedule": "step", "milestones": [2], "gamma": 0.1, "epochs": 4})
+    opt = make_optimiser(model, cfg)
+    assert [g["lr"] for g in opt.param_groups] == [1e-3, 1e-4]
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+    schedule = make_schedule(opt, cfg, steps=8)  # 2 steps per epoch: decay after step 4
+    lrs = []
+    for _ in range(6):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        schedule.step()
+    assert all(abs(a - b) < 1e-12 for a, b in zip(lrs, [1e-3] * 4 + [1e-4] * 2))
