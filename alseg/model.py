@@ -72,7 +72,7 @@ def build_model(cfg, num_classes: int, dropout: float | None = None) -> torch.nn
 
     if cfg.get("_target_"):
         return build_custom_model(cfg, num_classes)
-    kwargs = OmegaConf.to_container(cfg.get("kwargs") or {}, resolve=True)
+    kwargs = OmegaConf.to_container(OmegaConf.create(cfg.get("kwargs") or {}), resolve=True)
     weights = cfg.encoder_weights
     local = weights is not None and is_weights_file(str(weights))
     try:
@@ -102,7 +102,7 @@ def build_custom_model(cfg, num_classes: int) -> torch.nn.Module:
         factory = get_object(cfg._target_)
     except Exception as exc:
         raise AlsegError(f"cannot import model._target_={cfg._target_}: {exc}") from exc
-    kwargs = OmegaConf.to_container(cfg.get("kwargs") or {}, resolve=True)
+    kwargs = OmegaConf.to_container(OmegaConf.create(cfg.get("kwargs") or {}), resolve=True)
     model = factory(num_classes=num_classes, **kwargs)
     if not isinstance(model, torch.nn.Module):
         raise AlsegError(f"model._target_={cfg._target_} returned {type(model).__name__}, expected a torch.nn.Module")

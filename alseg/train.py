@@ -49,6 +49,8 @@ def train_cycle(
         order = labelled[torch.randperm(len(labelled), generator=generator)]
         total, batches = torch.zeros((), device=device), 0
         for chunk in order.split(cfg.batch_size):
+            if len(chunk) == 1 < len(order):
+                continue  # batch norm cannot train on a batch of one (DeepLabV3+'s image pooling)
             index = chunk.to(device)
             x, y = augment(images[index].permute(0, 3, 1, 2).float(), targets[index], cfg.augment, generator)
             x = normalise(x)
