@@ -43,12 +43,24 @@ def _report(exc: AlsegError) -> None:
 def _run_app(cfg: DictConfig) -> None:
     from alseg.experiment import run
 
-    out_dir = HydraConfig.get().runtime.output_dir
+    hydra_cfg = HydraConfig.get()
+    out_dir = hydra_cfg.runtime.output_dir
+    _spread_over_gpus(cfg, hydra_cfg)
     try:
         summary = run(cfg, out_dir)
         log.info("run finished: final mIoU %.2f; results in %s", summary["final_miou"] or float("nan"), out_dir)
     except AlsegError as exc:  # recorded in summary.json; a sweep goes on with its other jobs
         _report(exc)
+
+
+def _spread_over_gpus(cfg: DictConfig, hydra_cfg) -> None:
+    """In a sweep on a machine with several GPUs, job k runs on GPU k mod count (device=auto|cuda)."""
+    import torch
+    from hydra.types import RunMode
+
+    count = torch.cuda.device_count()
+    if hydra_cfg.mode == RunMode.MULTIRUN and count > 1 and cfg.device in ("auto", "cuda"):
+        cfg.device = f"cuda:{int(hydra_cfg.job.num) % count}"
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="config")

@@ -38,16 +38,20 @@ RESUME_FREE_KEYS = {"resume", "device", "save_model", "dataset.root", "dataset.c
 
 
 def resolve_device(name: str) -> torch.device:
-    """`auto` picks CUDA when available."""
+    """`auto` picks CUDA when available; `cuda:N` picks one of several GPUs."""
+    name = str(name)
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and torch.cuda.is_available():
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise AlsegError(f"device={name} but no CUDA device is visible; use device=cpu or device=auto")
         torch.backends.cudnn.benchmark = True
-        return torch.device("cuda")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise AlsegError("device=cuda but no CUDA device is visible; use device=cpu or device=auto")
-    if name not in ("cpu", "cuda"):
-        raise AlsegError(f"device must be auto, cpu or cuda, got {name!r}")
+        try:
+            return torch.device(name)
+        except RuntimeError as exc:
+            raise AlsegError(f"device={name}: {exc}") from exc
+    if name != "cpu":
+        raise AlsegError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
     return torch.device(name)
 
 

@@ -1,0 +1,23 @@
+"""Sweeps through Hydra's launchers: parallel local jobs (joblib) and Slurm's local stand-in."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY
+
+TINIER = [o for o in TINY if not o.startswith("budget.cycles")] + ["budget.cycles=1", "train.epochs=1"]
+
+
+@pytest.mark.parametrize("launcher", [["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+                                      ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5"]])
+def test_sweep_through_a_launcher(tmp_path, launcher):
+    env = {**os.environ, "ALSEG_CACHE": str(tmp_path / "cache")}
+    result = subprocess.run([sys.executable, "-m", "alseg.cli", "run", "-m", *launcher, *TINIER,
+                             "strategy=random,margin", "hydra.sweep.dir=sweep"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    runs = sorted(p.parent.name for p in Path(tmp_path, "sweep").glob("*/metrics.csv"))
+    assert len(runs) == 2 and "strategy=margin" in runs[0] and "strategy=random" in runs[1]
