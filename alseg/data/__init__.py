@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from typing import Callable
 
+from alseg.data import camvid, cityscapes, voc
 from alseg.data.base import IGNORE, SegDataset, Split
+from alseg.data.decode import DiskDataset
 from alseg.errors import AlsegError
 
 
@@ -17,7 +19,18 @@ def _synthetic(cfg) -> SegDataset:
     return SegDataset("synthetic", synthetic.CLASS_NAMES, synthetic.PALETTE, train, val)
 
 
-DATASETS: dict[str, Callable[..., SegDataset]] = {"synthetic": _synthetic}
+DATASETS: dict[str, Callable[..., SegDataset]] = {
+    "synthetic": _synthetic,
+    "camvid": camvid.load,
+    "cityscapes": cityscapes.load,
+    "voc": voc.load,
+}
+# The datasets read from files, for `alseg data` and the benchmark (decode vs cache).
+DISK_DATASETS: dict[str, DiskDataset] = {
+    "camvid": camvid.DATASET,
+    "cityscapes": cityscapes.DATASET,
+    "voc": voc.DATASET,
+}
 
 
 def load_dataset(cfg) -> SegDataset:
@@ -27,4 +40,24 @@ def load_dataset(cfg) -> SegDataset:
     return DATASETS[cfg.name](cfg)
 
 
-__all__ = ["DATASETS", "IGNORE", "SegDataset", "Split", "load_dataset"]
+def _disk(cfg) -> DiskDataset:
+    if cfg.name not in DISK_DATASETS:
+        raise AlsegError(f"dataset {cfg.name!r} is not read from files; these are: {', '.join(sorted(DISK_DATASETS))}")
+    return DISK_DATASETS[cfg.name]
+
+
+def decode_split(cfg, split: str) -> Split:
+    """Decode every file of `split` at the working size, in parallel, without the cache."""
+    from alseg.data.decode import decode_split as decode
+
+    return decode(_disk(cfg), cfg, split)
+
+
+def load_split(cfg, split: str) -> Split:
+    """`split` at the working size from the cache (decoded into it first if missing)."""
+    from alseg.data.decode import load_split as load
+
+    return load(_disk(cfg), cfg, split)
+
+
+__all__ = ["DATASETS", "DISK_DATASETS", "IGNORE", "SegDataset", "Split", "decode_split", "load_dataset", "load_split"]
