@@ -23,6 +23,7 @@ commands:
   run -m [sweep overrides] run a sweep, e.g. alseg run -m strategy=random,margin seed=0,1
   plot PATH [PATH ...]     curves and tables from every run found under PATHs
   data [overrides]         check a dataset: layout, counts, class shares
+  download camvid --root PATH   fetch CamVid (SegNet layout) into PATH, resuming partial downloads
 
 `alseg run --help` lists the config groups and the composed config;
 `alseg plot --help` lists the plot options.
@@ -84,6 +85,10 @@ def main(argv: list[str] | None = None) -> None:
         from alseg.plot import main as plot_main
 
         sys.exit(plot_main(rest))
+    if command == "download":
+        from alseg.data.download import main as download_main
+
+        sys.exit(download_main(rest))
     apps = {"run": _run_app, "data": _data_app}
     if command not in apps:
         print(f"alseg: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)

@@ -197,7 +197,9 @@ def _run(cfg: DictConfig, files: RunFiles, rows: list[dict], start_cycle: int) -
     n, (h, w), c = len(data.train), data.train.size, data.num_classes
     files.info.update(num_train_images=n, image_size=[h, w], class_names=list(data.class_names))
     cache_dir = str(Path(cfg.dataset.cache_dir).expanduser())
-    data_key = {k: v for k, v in OmegaConf.to_container(cfg.dataset, resolve=True).items() if k != "cache_dir"}
+    # what the training pool depends on (not where caches live, nor which split is evaluated)
+    data_key = {k: v for k, v in OmegaConf.to_container(cfg.dataset, resolve=True).items()
+                if k not in ("cache_dir", "eval_split")}
     regions = build_regions(cfg.region, data.train.images, cache_dir, {"dataset": data_key, "split": "train"})
     oracle = Oracle(cfg.annotation, regions, data.train.labels, c, rng)
     strategy = build_strategy(cfg.strategy)
@@ -371,6 +373,7 @@ def _metrics_row(cycle: int, pool: Pool, data, cm: np.ndarray, train_s: float, q
         "train_s": round(train_s, 3),
         "query_s": round(query_s, 3),
     }
-    row.update({f"iou_{name}": v * 100 for name, v in zip(data.class_names, iou_per_class(cm))})
-    row.update({f"revealed_{name}": int(v) for name, v in zip(data.class_names, pool.class_counts(data.num_classes))})
+    names = [name.replace(" ", "_") for name in data.class_names]  # column names without spaces
+    row.update({f"iou_{name}": v * 100 for name, v in zip(names, iou_per_class(cm))})
+    row.update({f"revealed_{name}": int(v) for name, v in zip(names, pool.class_counts(data.num_classes))})
     return row

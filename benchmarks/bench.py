@@ -20,8 +20,7 @@ import torch
 from hydra import compose, initialize_config_module
 
 from alseg import query
-from alseg.data.camvid import DATASET as CAMVID
-from alseg.data.decode import decode_split, load_split
+from alseg.data import decode_split, load_split
 from alseg.experiment import resolve_device
 from alseg.model import autocast, build_model, to_input
 from alseg.pool import Pool
@@ -57,9 +56,9 @@ def compose_cfg(args) -> object:
 
 def bench_data(cfg) -> dict:
     """Decoding the PNGs vs reading the decoded cache (the train split)."""
-    decode_s = best_of(lambda: decode_split(CAMVID, cfg.dataset, "train"), 1)
-    load_split(CAMVID, cfg.dataset, "train")  # builds the cache if missing
-    read_s = best_of(lambda: np.array(load_split(CAMVID, cfg.dataset, "train").images), 3)
+    decode_s = best_of(lambda: decode_split(cfg.dataset, "train"), 1)
+    load_split(cfg.dataset, "train")  # builds the cache if missing
+    read_s = best_of(lambda: np.array(load_split(cfg.dataset, "train").images), 3)
     return {"decode_s": decode_s, "cache_read_s": read_s, "cache_vs_decode_ratio": read_s / decode_s}
 
 
@@ -153,7 +152,7 @@ def main() -> None:
               "cpu_count": os.cpu_count(), "torch": torch.__version__, "model": f"{cfg.model.arch}/{cfg.model.encoder}",
               "size": list(args.size), "batch_size": args.batch_size}
     result.update(bench_data(cfg))
-    train = load_split(CAMVID, cfg.dataset, "train")
+    train = load_split(cfg.dataset, "train")
     count = args.images or len(train.images)
     labels = np.ascontiguousarray(train.labels[:count])
     images = torch.from_numpy(np.ascontiguousarray(train.images[:count])).to(device)

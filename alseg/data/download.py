@@ -206,7 +206,7 @@ DOWNLOADERS = {"camvid": download_camvid}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m alseg.data.download", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="alseg download", description=__doc__.split("\n\n")[0])
     parser.add_argument("dataset", choices=sorted(DOWNLOADERS))
     parser.add_argument("--root", required=True, help="the folder to fill (dataset.root)")
     parser.add_argument("--url", default=DEFAULT_URL, help=f"archive to fetch (default: {DEFAULT_URL})")
