@@ -197,9 +197,13 @@ def _run(cfg: DictConfig, files: RunFiles, rows: list[dict], start_cycle: int) -
     n, (h, w), c = len(data.train), data.train.size, data.num_classes
     files.info.update(num_train_images=n, image_size=[h, w], class_names=list(data.class_names))
     cache_dir = str(Path(cfg.dataset.cache_dir).expanduser())
-    # what the training pool depends on (not where caches live, nor which split is evaluated)
+    # what the training pool depends on (not where caches live, nor which split is evaluated);
+    # a decoded cache's file name hashes every source file's size and time, so edited data
+    # never meets stale superpixels
     data_key = {k: v for k, v in OmegaConf.to_container(cfg.dataset, resolve=True).items()
                 if k not in ("cache_dir", "eval_split")}
+    if getattr(data.train.images, "filename", None):
+        data_key["source"] = Path(data.train.images.filename).name
     regions = build_regions(cfg.region, data.train.images, cache_dir, {"dataset": data_key, "split": "train"})
     oracle = Oracle(cfg.annotation, regions, data.train.labels, c, rng)
     strategy = build_strategy(cfg.strategy)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from alseg.data import camvid, cityscapes, voc
+from alseg.data import camvid, cityscapes, folder, voc
 from alseg.data.base import IGNORE, SegDataset, Split
 from alseg.data.decode import DiskDataset
 from alseg.errors import AlsegError
@@ -24,6 +24,7 @@ DATASETS: dict[str, Callable[..., SegDataset]] = {
     "camvid": camvid.load,
     "cityscapes": cityscapes.load,
     "voc": voc.load,
+    "folder": folder.load,  # your own images/ and masks/, configured by the dataset group
 }
 # The datasets read from files, for `alseg data` and the benchmark (decode vs cache).
 DISK_DATASETS: dict[str, DiskDataset] = {
