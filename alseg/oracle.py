@@ -2,16 +2,41 @@
 
 Revealed maps use 255 for 'not asked' and 254 for 'asked, but no label given' (void pixels,
 or a region whose majority is void under dominant labelling); both are ignored in training.
+
+Click costs (README.md, "Regions and costs"):
+
+- dominant: 1 click per region (pixel, superpixel, box or image).
+- precise: 1 click per pixel region; any other region R costs, with the ground truth inside
+  it traced as polygons (void is never traced),
+    components: for each class c, the 8-connected components of (truth == c) & R,
+  + border points: walking every contour of R (its outer borders and the borders of its
+    holes, pixel by pixel as cv2.findContours traces them, cyclically), the steps between
+    consecutive contour pixels whose ground-truth labels differ (void counts as a label);
+    steps along the image frame (both pixels on the same image edge) do not count,
+  + vertices: for each component, the vertices of cv2.approxPolyDP(outer contour,
+    `annotation.polygon_epsilon`, closed) (a one-pixel component has 1 vertex),
+  and at least 1 click (looking at a region that holds only void is still a click).
+  With R = the whole image (region=image) there are no border points, so an image costs
+  its polygon count: components + vertices.
 """
 from __future__ import annotations
 
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+import cv2
 import numpy as np
 
+from alseg.cache import cache_key, cached_array
 from alseg.data.base import IGNORE
 from alseg.errors import AlsegError
 from alseg.regions import Regions
+from alseg.regions.build import Progress, workers
+
+log = logging.getLogger(__name__)
 
 NO_LABEL = 254
+COST_VERSION = 1  # bump when the cost model changes, so cached costs are rebuilt
 
 
 def _with_noise(labels: np.ndarray, rate: float, num_classes: int, rng: np.random.Generator) -> np.ndarray:
@@ -23,33 +48,140 @@ def _with_noise(labels: np.ndarray, rate: float, num_classes: int, rng: np.rando
     return np.where(wrong, (labels.astype(np.int64) + shift) % num_classes, labels).astype(labels.dtype)
 
 
+def _outer(contours, hierarchy) -> list[np.ndarray]:
+    """The outer contours of a RETR_CCOMP result: one per 8-connected component."""
+    if hierarchy is None:
+        return []
+    return [c for c, h in zip(contours, hierarchy[0]) if h[3] < 0]
+
+
+def _vertices(contours: list[np.ndarray], epsilon: float) -> int:
+    return sum(len(cv2.approxPolyDP(c, epsilon, True)) for c in contours)
+
+
+def _border_points(contours, labels: np.ndarray, y0: int, x0: int, height: int, width: int) -> int:
+    """Label changes between consecutive pixels of each contour (cyclic), leaving out steps
+    along the image frame. `labels` is the crop at (y0, x0) that the contours live in."""
+    points = np.concatenate(contours)[:, 0, :]
+    lengths = np.fromiter((len(c) for c in contours), np.int64, len(contours))
+    ends = np.cumsum(lengths)
+    nxt = np.arange(1, len(points) + 1)
+    nxt[ends - 1] = ends - lengths  # the last pixel of a contour steps back to its first
+    xs, ys = points[:, 0], points[:, 1]
+    lv = labels[ys, xs]
+    changed = lv != lv[nxt]
+    if y0 == 0 or x0 == 0 or y0 + labels.shape[0] == height or x0 + labels.shape[1] == width:
+        gy, gx = ys + y0, xs + x0
+        ny, nx = gy[nxt], gx[nxt]
+        changed &= ~(((gy == 0) & (ny == 0)) | ((gy == height - 1) & (ny == height - 1))
+                     | ((gx == 0) & (nx == 0)) | ((gx == width - 1) & (nx == width - 1)))
+    return int(np.count_nonzero(changed))
+
+
+def region_costs(rmap: np.ndarray, truth: np.ndarray, count: int, epsilon: float) -> np.ndarray:
+    """Precise clicks of regions 0..count-1 of one image (int32 [count]); see the module doc.
+
+    Vectorised passes find each region's bounding box and class histogram; cv2 then traces
+    contours on each region's crop only (the region's own contours are the components too
+    when a single class fills it).
+    """
+    height, width = rmap.shape
+    flat = rmap.ravel()
+    order = np.argsort(flat, kind="stable")
+    starts = np.searchsorted(flat[order], np.arange(count))
+    area = np.diff(np.append(starts, flat.size))
+    ys, xs = np.divmod(order, width)
+    present = starts[area > 0]
+    box = np.zeros((count, 4), np.int64)
+    box[area > 0] = np.stack([np.minimum.reduceat(ys, present), np.maximum.reduceat(ys, present) + 1,
+                              np.minimum.reduceat(xs, present), np.maximum.reduceat(xs, present) + 1], 1)
+    hist = np.bincount(flat.astype(np.int64) * 256 + truth.ravel(), minlength=count * 256).reshape(count, 256)
+    void = hist[:, IGNORE] > 0
+    classes_in = hist[:, :IGNORE] > 0
+    single = (classes_in.sum(axis=1) == 1) & ~void
+    costs = np.ones(count, np.int32)
+    for r in np.flatnonzero(area > 1):
+        y0, y1, x0, x1 = box[r]
+        inside = rmap[y0:y1, x0:x1] == r
+        contours, tree = cv2.findContours(inside.view(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)
+        if single[r]:  # one class fills the region: its components are the region's own
+            outer = _outer(contours, tree)
+            costs[r] = len(outer) + _vertices(outer, epsilon)
+            continue
+        labels = truth[y0:y1, x0:x1]
+        cost = _border_points(contours, labels, y0, x0, height, width)
+        for c in np.flatnonzero(classes_in[r]):
+            piece = ((labels == c) & inside).view(np.uint8)
+            outer = _outer(*cv2.findContours(piece, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE))
+            cost += len(outer) + _vertices(outer, epsilon)
+        costs[r] = max(1, cost)
+    return costs
+
+
+def precise_costs(regions: Regions, truth: np.ndarray, epsilon: float) -> np.ndarray:
+    """Clicks per region [N, R] (int32, 0 beyond counts[i]) of precise labelling, image by
+    image on a thread pool (cv2 releases the GIL), with progress in the log."""
+    n, r = len(regions.counts), regions.max_regions
+    out = np.zeros((n, r), np.int32)
+    progress = Progress("precise click costs", n)
+
+    def one(i: int) -> None:
+        count = int(regions.counts[i])
+        out[i, :count] = region_costs(np.asarray(regions.maps[i]), np.asarray(truth[i]), count, epsilon)
+
+    log.info("precise click costs: tracing the ground truth of %d regions in %d images ...",
+             int(regions.counts.sum()), n)
+    with ThreadPoolExecutor(workers()) as pool:
+        for _ in pool.map(one, range(n)):
+            progress.tick()
+    log.info("precise click costs of %d images computed in %.1fs: %d clicks in all, %.1f per region",
+             n, progress.elapsed, int(out.sum()), out.sum() / max(1, int(regions.counts.sum())))
+    return out
+
+
 class Oracle:
-    """Reveals ground truth for `annotation=dominant|precise`; 1 click per region for both
-    (precise is supported for pixel regions, where it equals dominant)."""
+    """Reveals ground truth for `annotation=dominant|precise` and says what each region costs."""
 
     def __init__(self, cfg, regions: Regions, truth: np.ndarray, num_classes: int, rng: np.random.Generator):
         if cfg.name not in ("dominant", "precise"):
             raise AlsegError(f"unknown annotation {cfg.name!r}; available: dominant, precise")
-        if cfg.name == "precise" and regions.name != "pixel":
-            raise AlsegError(
-                f"annotation=precise is not available for region={regions.name} yet; "
-                "use annotation=dominant, or region=pixel"
-            )
         if not 0 <= cfg.noise < 1:
             raise AlsegError(f"annotation.noise must be in [0, 1), got {cfg.noise}")
+        self.epsilon = float(cfg.get("polygon_epsilon", 1.0))
+        if self.epsilon < 0:
+            raise AlsegError(f"annotation.polygon_epsilon must be >= 0 pixels, got {self.epsilon}")
         self.cfg, self.regions, self.truth, self.num_classes, self.rng = cfg, regions, truth, num_classes, rng
+        self._costs: np.ndarray | None = None
 
-    def costs(self) -> None:
-        """Clicks per region as an [N, R] array, or None when every region costs one click."""
-        return None
+    @property
+    def precise(self) -> bool:
+        return self.cfg.name == "precise"
 
-    def reveal(self, revealed: np.ndarray, images: np.ndarray, regions: np.ndarray) -> int:
+    def costs(self) -> np.ndarray | None:
+        """Clicks per region as an int32 [N, R] array (0 beyond counts[i]), or None when every
+        region costs one click (dominant labelling, or pixel regions). Precise costs are
+        computed once per (data, regions, epsilon) and cached next to the region maps."""
+        if not self.precise or self.regions.maps is None:
+            return None
+        if self._costs is None:
+            build = lambda: precise_costs(self.regions, self.truth, self.epsilon)  # noqa: E731
+            if self.regions.cache_dir is None or self.regions.key is None:
+                self._costs = build()
+            else:
+                digest = cache_key(regions=self.regions.key, epsilon=self.epsilon, version=COST_VERSION)
+                self._costs = np.array(cached_array(self.regions.cache_dir, f"costs/precise-{digest}", build))
+        return self._costs
+
+    def reveal(self, revealed: np.ndarray, images: np.ndarray, regions: np.ndarray) -> float:
         """Write the labels of the chosen (image, region) pairs into `revealed`; return clicks."""
         if self.regions.maps is None:
             self._reveal_pixels(revealed, images, regions)
+        elif self.precise:
+            self._reveal_precise(revealed, images, regions)
         else:
             self._reveal_dominant(revealed, images, regions)
-        return len(images)
+        costs = self.costs()
+        return float(len(images) if costs is None else costs[images, regions].sum())
 
     def _reveal_pixels(self, revealed, images, regions):
         w = self.truth.shape[2]
@@ -70,3 +202,18 @@ class Oracle:
             value[chosen] = np.where(majority == c, NO_LABEL, majority)
             mask = np.isin(rmap, chosen)
             revealed[i][mask] = value[rmap[mask]]
+
+    def _reveal_precise(self, revealed, images, regions):
+        """The ground truth inside each chosen region; with noise, each class inside a region
+        (what one label click names) becomes a random other class with probability q."""
+        c = self.num_classes
+        for i in np.unique(images):
+            rmap = np.asarray(self.regions.maps[i])
+            mask = np.isin(rmap, regions[images == i])
+            truth = self.truth[i][mask]
+            if self.cfg.noise > 0:
+                cls = np.where(truth == IGNORE, c, truth).astype(np.int64)
+                pieces, inverse = np.unique(rmap[mask].astype(np.int64) * (c + 1) + cls, return_inverse=True)
+                truth = _with_noise(pieces % (c + 1), self.cfg.noise, c, self.rng)[inverse]
+                truth = np.where(truth == c, IGNORE, truth)
+            revealed[i][mask] = np.where(truth == IGNORE, NO_LABEL, truth)

@@ -7,6 +7,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from alseg.cache import cache_key
 from alseg.errors import AlsegError
 
 
@@ -14,13 +15,17 @@ from alseg.errors import AlsegError
 class Regions:
     """The regions an annotator can be asked about, per training image.
 
-    `maps[i]` holds local region ids 0..counts[i]-1 for image i; `maps` is None for pixel
-    regions, where region r of an image is the pixel at flat index r.
+    `maps[i]` holds local region ids 0..counts[i]-1 for image i (an unsigned type, usually
+    a read-only memmap or broadcast view); `maps` is None for pixel regions, where region r
+    of an image is the pixel at flat index r. `key` names the maps (data and parameters) for
+    caches built on top of them (the oracle's click costs), kept in `cache_dir`.
     """
 
     name: str
     maps: np.ndarray | None
     counts: np.ndarray
+    key: str | None = None
+    cache_dir: str | None = None
 
     @property
     def max_regions(self) -> int:
@@ -35,7 +40,8 @@ class Regions:
 
 def _pixel(cfg, images: np.ndarray, cache_dir: str, key: dict) -> Regions:
     n, h, w = images.shape[:3]
-    return Regions("pixel", None, np.full(n, h * w, dtype=np.int64))
+    return Regions("pixel", None, np.full(n, h * w, dtype=np.int64), key=f"pixel-{cache_key(data=key)}",
+                   cache_dir=cache_dir)
 
 
 def _seeds(cfg, images: np.ndarray, cache_dir: str, key: dict) -> Regions:
@@ -44,7 +50,27 @@ def _seeds(cfg, images: np.ndarray, cache_dir: str, key: dict) -> Regions:
     return seeds_regions(cfg, images, cache_dir, key)
 
 
-REGIONS: dict[str, Callable[..., Regions]] = {"pixel": _pixel, "seeds": _seeds}
+def _slic(cfg, images: np.ndarray, cache_dir: str, key: dict) -> Regions:
+    from alseg.regions.slic import slic_regions
+
+    return slic_regions(cfg, images, cache_dir, key)
+
+
+def _box(cfg, images: np.ndarray, cache_dir: str, key: dict) -> Regions:
+    from alseg.regions.grid import box_regions
+
+    return box_regions(cfg, images, cache_dir, key)
+
+
+def _image(cfg, images: np.ndarray, cache_dir: str, key: dict) -> Regions:
+    from alseg.regions.grid import image_regions
+
+    return image_regions(cfg, images, cache_dir, key)
+
+
+REGIONS: dict[str, Callable[..., Regions]] = {
+    "pixel": _pixel, "seeds": _seeds, "slic": _slic, "box": _box, "image": _image,
+}
 
 
 def build_regions(cfg, images: np.ndarray, cache_dir: str, key: dict) -> Regions:

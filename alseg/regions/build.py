@@ -1,0 +1,126 @@
+"""Per-image region maps computed in parallel, with progress, and cached once on disk.
+
+A cache entry is `<cache_dir>/regions/<name>-maps.npy` ([N, H, W] in the smallest unsigned
+type that holds the largest id) and `<name>-counts.npy` (regions per image), stored through
+`alseg.cache.cached_memmaps` like the image cache: written under temporary names unique to
+the writer and renamed when complete, so jobs of a sweep that build the same entry at once
+all succeed and a reader never sees a partial entry. Maps come back memory-mapped read-only.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from alseg.cache import cached_memmaps
+
+log = logging.getLogger(__name__)
+
+CHUNK = 64  # images per step when narrowing the stored type
+
+
+def smallest_uint(max_value: int) -> np.dtype:
+    """The smallest unsigned integer type that holds 0..max_value (int32 beyond uint16:
+    torch and the scatter code want signed ids, and 2**31 regions per image never occur)."""
+    for dtype in (np.uint8, np.uint16):
+        if max_value <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    return np.dtype(np.int32)
+
+
+def dense_ids(labels: np.ndarray) -> np.ndarray:
+    """Relabel a label map so that its ids are 0..n-1 without gaps, keeping their order."""
+    labels = labels.astype(np.int64, copy=False)
+    present = np.bincount(labels.ravel()) > 0
+    lut = np.cumsum(present) - 1
+    return lut[labels].astype(np.int32)
+
+
+def workers() -> int:
+    """CPU cores this process may use (respects Slurm/taskset affinity)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+class Progress:
+    """Logs `done/total images` at most every `every` seconds (and nothing for quick jobs)."""
+
+    def __init__(self, what: str, total: int, every: float = 5.0):
+        self.what, self.total, self.every, self.done = what, total, every, 0
+        self.start = self.last = time.perf_counter()
+
+    def tick(self) -> None:
+        self.done += 1
+        now = time.perf_counter()
+        if now - self.last >= self.every and self.done < self.total:
+            left = (now - self.start) / self.done * (self.total - self.done)
+            log.info("%s: %d/%d images (%.0fs, about %.0fs left)", self.what, self.done, self.total, now - self.start, left)
+            self.last = now
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+
+def cached_maps(
+    cache_dir: str | os.PathLike, name: str, images: np.ndarray, compute: Callable[[np.ndarray], np.ndarray],
+    what: str,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Maps [N, H, W] and counts [N] of `compute(image)` over `images`, built once and cached.
+
+    `compute` returns int ids 0..n-1 without gaps for one RGB image; it runs on a thread pool
+    (OpenCV releases the GIL), and progress goes to the log every few seconds. The maps are
+    first written as int32 to a private temporary memmap (the largest id is known only at
+    the end), then narrowed chunk by chunk into the cache entry; nothing is held in memory.
+    """
+    folder = Path(cache_dir) / "regions"
+    paths = [folder / f"{name}-{part}.npy" for part in ("maps", "counts")]
+    n, h, w = images.shape[:3]
+    if all(p.exists() for p in paths):
+        log.info("%s: %d region maps found in the cache (%s)", what, n, paths[0])
+        return _load(folder, name)
+
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, wide_name = tempfile.mkstemp(prefix=f"{name}.", suffix=".wide.tmp.npy", dir=folder)
+    os.close(fd)
+    wide_path = Path(wide_name)
+    try:
+        wide = np.lib.format.open_memmap(wide_path, mode="w+", dtype=np.int32, shape=(n, h, w))
+        counts = np.zeros(n, np.int64)
+        log.info("%s: building region maps for %d images of %dx%d on %d threads ...", what, n, h, w, workers())
+        progress = Progress(what, n)
+        with ThreadPoolExecutor(workers()) as pool:
+            futures = {pool.submit(compute, np.asarray(images[i])): i for i in range(n)}
+            for future in as_completed(futures):
+                i = futures.pop(future)
+                labels = future.result()
+                wide[i] = labels
+                counts[i] = int(labels.max()) + 1
+                progress.tick()
+        dtype = smallest_uint(int(counts.max()) - 1)
+
+        def fill(arrays: dict[str, np.ndarray]) -> None:
+            for s in range(0, n, CHUNK):
+                arrays["maps"][s:s + CHUNK] = wide[s:s + CHUNK]
+            arrays["counts"][:] = counts
+
+        cached_memmaps(folder, name, {"maps": ((n, h, w), dtype), "counts": ((n,), np.int64)}, fill)
+        del wide
+    finally:
+        wide_path.unlink(missing_ok=True)
+    log.info("%s: %d region maps (%s, %.1f regions per image) built in %.1fs and cached in %s",
+             what, n, dtype.name, counts.mean(), progress.elapsed, paths[0])
+    return _load(folder, name)
+
+
+def _load(folder: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
+    maps = np.load(folder / f"{name}-maps.npy", mmap_mode="r")
+    return maps, np.load(folder / f"{name}-counts.npy").astype(np.int64)
