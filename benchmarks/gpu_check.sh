@@ -8,4 +8,4 @@ PY=${PYTHON:-python3}
 "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name())"
 "$PY" -m alseg.cli run experiment=cpu_camvid dataset.root="$ROOT" dataset.size=[360,480] device=cuda \
     budget.cycles=1 train.epochs=5 hydra.run.dir="$OUT/run"
-"$PY" benchmarks/bench.py --root "$ROOT" --device cuda --batch-size 16 --repeats 3 --out "$OUT/bench.json"
+"$PY" "$(dirname "$0")/bench.py" --root "$ROOT" --device cuda --batch-size 16 --repeats 3 --out "$OUT/bench.json"
