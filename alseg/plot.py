@@ -111,7 +111,7 @@ def cycle_cells(al: pd.DataFrame, x: str) -> pd.DataFrame:
     """One row per group, one ``miou@<x>`` or ``cycle_<k>`` column per cycle."""
     stats = cycle_stats(al, x)
     if shared_x(al, x):
-        stats["column"] = [f"miou@{v:.4g}" for v in stats["x"]]
+        stats["column"] = [f"miou@{v:.0f}" if v >= 100 else f"miou@{v:.4g}" for v in stats["x"]]
         stats["cell"] = [fmt(r.mean, r.std, r.n) for r in stats.itertuples()]
     else:
         stats["column"] = [f"cycle_{c}" for c in stats["cycle"]]

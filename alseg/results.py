@@ -162,13 +162,24 @@ def differing_keys(df: pd.DataFrame) -> list[str]:
 
     Seeds, paths, the device and other bookkeeping are ignored, and so are the
     fully supervised reference runs (``budget.name == full``).
+    Keys whose value follows from keys ranked before them are left out too: the
+    SEEDS parameters of a SEEDS-vs-box comparison follow from ``region.name``,
+    ``strategy.passes`` from ``strategy.name`` (``*.name`` keys are always kept).
     """
     runs = df[~is_full(df)].drop_duplicates("run_dir")
-    keys = [
+    keys = sorted((
         key for key in config_columns(runs)
         if not _ignored(key) and len({_norm(v) for v in runs[key]}) > 1
-    ]
-    return sorted(keys, key=_key_rank)
+    ), key=_key_rank)
+    kept: list[str] = []
+    for key in keys:
+        determined = kept and all(
+            len({_norm(v) for v in rows[key]}) == 1 for _, rows in runs.groupby(
+                [runs[k].map(lambda v: repr(_norm(v))) for k in kept], sort=False)
+        )
+        if key.endswith(".name") or not determined:  # names always say what ran
+            kept.append(key)
+    return kept
 
 
 def _key_rank(key: str) -> int:
@@ -219,6 +230,8 @@ def group_label(row, keys: list[str]) -> str:
     parts, negatives = [], []
     for key in keys:
         value, short = _norm(row[key]), key.split(".")[-1]
+        if value is None or (isinstance(value, float) and np.isnan(value)):
+            continue  # unset: nothing to say
         if isinstance(value, (bool, np.bool_)):
             if value:
                 parts.append(short)

@@ -15,6 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from hydra import compose, initialize_config_module
@@ -159,10 +160,14 @@ def main() -> None:
     result["images"] = count
 
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        seeds = build_regions(compose_strategy_region(), train.images[:count], tmp, {"bench": count})
-    result["superpixel_ms_per_image"] = (time.perf_counter() - start) / count * 1000
-    result["superpixels_per_image"] = float(seeds.counts.mean())
+    seeds = None
+    if hasattr(cv2, "ximgproc"):
+        with tempfile.TemporaryDirectory() as tmp:
+            seeds = build_regions(compose_strategy_region(), train.images[:count], tmp, {"bench": count})
+        result["superpixel_ms_per_image"] = (time.perf_counter() - start) / count * 1000
+        result["superpixels_per_image"] = float(seeds.counts.mean())
+    else:
+        print("SEEDS skipped: this OpenCV has no cv2.ximgproc (install opencv-contrib-python-headless)")
     pixels = build_regions(compose_cfg(args).region, train.images[:count], args.cache_dir, {})
 
     model = build_model(cfg.model, 11, dropout=0.2).to(device)
@@ -171,8 +176,9 @@ def main() -> None:
     result.update(bench_train(cfg, model, images, labels, device, args.repeats))
     budget = 10 * count
     result.update(bench_scoring(cfg, "margin_pixel", ["strategy=margin"], model, images, labels, pixels, device, args.repeats, budget))
-    result.update(bench_scoring(cfg, "margin_seeds", ["strategy=margin"], model, images, labels, seeds, device, args.repeats, budget))
-    result.update(bench_scoring(cfg, "bald8_seeds", ["strategy=bald", "strategy.passes=8"], model, images, labels, seeds, device, args.repeats, budget))
+    if seeds is not None:
+        result.update(bench_scoring(cfg, "margin_seeds", ["strategy=margin"], model, images, labels, seeds, device, args.repeats, budget))
+        result.update(bench_scoring(cfg, "bald8_seeds", ["strategy=bald", "strategy.passes=8"], model, images, labels, seeds, device, args.repeats, budget))
     result["state_bytes_per_pixel"] = state_bytes_per_pixel()
 
     out = Path(args.out)

@@ -143,9 +143,16 @@ def test_differing_keys_strategy_first(tmp_path):
     run.write_text(json.dumps(summary))
     df = quiet_load(tmp_path)
     keys = results.differing_keys(df)
+    # class_balance follows from strategy.name here (only entropy has it): left out
+    assert keys == ["strategy.name", "region.name"]
+    labels = {results.group_label(rows.iloc[0], keys) for _, rows in results.groups(df, keys)}
+    assert labels == {"margin, pixel", "entropy, SEEDS"}
+    make_run(tmp_path, "c", strategy="margin", class_balance=True)  # now it tells runs apart
+    df = quiet_load(tmp_path)
+    keys = results.differing_keys(df)
     assert keys == ["strategy.name", "strategy.class_balance", "region.name"]
     labels = {results.group_label(rows.iloc[0], keys) for _, rows in results.groups(df, keys)}
-    assert labels == {"margin, pixel", "entropy, class_balance, SEEDS"}
+    assert labels == {"margin, pixel", "margin, class_balance, pixel", "entropy, class_balance, SEEDS"}
 
 
 def test_group_label_words():
