@@ -19,6 +19,7 @@ from typing import Callable
 import numpy as np
 
 from alseg.cache import cached_memmaps
+from alseg.errors import AlsegError
 
 log = logging.getLogger(__name__)
 
@@ -124,3 +125,14 @@ def cached_maps(
 def _load(folder: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
     maps = np.load(folder / f"{name}-maps.npy", mmap_mode="r")
     return maps, np.load(folder / f"{name}-counts.npy").astype(np.int64)
+
+
+def require_ximgproc(region: str) -> None:
+    """SEEDS and SLIC live in cv2.ximgproc, which only the opencv-contrib packages have."""
+    import cv2
+
+    if not hasattr(cv2, "ximgproc"):
+        raise AlsegError(
+            f"region={region} needs cv2.ximgproc, which this OpenCV lacks: install the contrib build, "
+            "pip uninstall -y opencv-python opencv-python-headless && pip install opencv-contrib-python-headless"
+        )

@@ -6,7 +6,7 @@ import numpy as np
 
 from alseg.cache import cache_key
 from alseg.errors import AlsegError
-from alseg.regions.build import cached_maps, dense_ids
+from alseg.regions.build import cached_maps, dense_ids, require_ximgproc
 
 # Cai et al.: about 2048 superpixels on a full-resolution 1024x2048 Cityscapes image.
 REFERENCE_COUNT, REFERENCE_PIXELS = 2048, 1024 * 2048
@@ -35,6 +35,7 @@ def seeds_map(image: np.ndarray, cfg, count: int) -> np.ndarray:
     SEEDS works on a grid of blocks, so the count it reaches is a quantised form of `count`
     (e.g. 70 for 169 asked at 360x480); the ids are renumbered without gaps.
     """
+    require_ximgproc("seeds")
     h, w = image.shape[:2]
     seeds = cv2.ximgproc.createSuperpixelSEEDS(
         w, h, 3, count, int(cfg.num_levels), int(cfg.prior), int(cfg.histogram_bins), bool(cfg.double_step)

@@ -8,7 +8,7 @@ import numpy as np
 
 from alseg.cache import cache_key
 from alseg.errors import AlsegError
-from alseg.regions.build import cached_maps, dense_ids
+from alseg.regions.build import cached_maps, dense_ids, require_ximgproc
 from alseg.regions.seeds import superpixel_count
 
 ALGORITHMS = {"slic": cv2.ximgproc.SLIC, "slico": cv2.ximgproc.SLICO, "mslic": cv2.ximgproc.MSLIC}
@@ -30,6 +30,7 @@ def slic_map(image: np.ndarray, cfg, size: int) -> np.ndarray:
     """SLIC labels (int32 [H, W], ids 0..n-1 without gaps) of one RGB image: a 3x3 Gaussian
     blur and the colour space conversion OpenCV recommends, `iterations` steps, then
     connectivity enforcement (segments under `min_element_size`% of a region merge)."""
+    require_ximgproc("slic")
     if cfg.blur:
         image = cv2.GaussianBlur(image, (3, 3), 0)
     code = COLOR_SPACES[cfg.color_space]
