@@ -134,11 +134,11 @@ def state_bytes_per_pixel() -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default=str(REPO.parent / "shared/data/camvid"))
-    parser.add_argument("--size", type=int, nargs=2, default=[360, 480], metavar=("H", "W"))
+    parser.add_argument("--size", type=int, nargs=2, default=[180, 240], metavar=("H", "W"))
     parser.add_argument("--model", default="deeplabv3plus_mobilenetv2")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--images", type=int, default=0, help="use the first N train images (0: all)")
+    parser.add_argument("--images", type=int, default=120, help="use the first N train images (0: all 367)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--cache-dir", default=os.environ.get("ALSEG_CACHE", str(Path.home() / ".cache/alseg")))
     parser.add_argument("--out", default=str(REPO / "outputs/bench/bench.json"))
@@ -153,6 +153,7 @@ def main() -> None:
               "cpu_count": os.cpu_count(), "torch": torch.__version__, "model": f"{cfg.model.arch}/{cfg.model.encoder}",
               "size": list(args.size), "batch_size": args.batch_size}
     result.update(bench_data(cfg))
+    print(f"data: {result['cache_vs_decode_ratio']:.3f}", flush=True)
     train = load_split(cfg.dataset, "train")
     count = args.images or len(train.images)
     labels = np.ascontiguousarray(train.labels[:count])
@@ -174,6 +175,7 @@ def main() -> None:
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
     result.update(bench_train(cfg, model, images, labels, device, args.repeats))
+    print(f"train_epoch_ratio: {result['train_epoch_ratio']:.3f}", flush=True)
     budget = 10 * count
     result.update(bench_scoring(cfg, "margin_pixel", ["strategy=margin"], model, images, labels, pixels, device, args.repeats, budget))
     if seeds is not None:
