@@ -77,3 +77,13 @@ def test_mc_flag_averages_a_single_pass_score_over_the_passes():
     assert strategy.passes == 2
     s = strategy.score_passes(passes([[0.5, 0.5]], [[1.0, 0.0]]))
     assert torch.allclose(s.flatten(), torch.tensor([math.log(2) / 2]), atol=1e-6)
+
+
+def test_checking_a_strategy_leaves_the_runs_random_numbers_alone():
+    from alseg.strategies import build_strategy, check_strategy
+
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    check_strategy(build_strategy(OmegaConf.create({"name": "coreset"})), 5)  # coreset draws random scores
+    assert torch.equal(torch.rand(3), expected)  # so every strategy starts from the same weights

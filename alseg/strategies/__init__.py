@@ -214,7 +214,8 @@ def check_strategy(strategy: Strategy, num_classes: int) -> None:
     name = type(strategy).__name__
     probs = torch.full((2, num_classes, 3, 4), 1.0 / num_classes)
     try:
-        scores = strategy.score_passes(iter([probs] * strategy.passes))
+        with torch.random.fork_rng(devices=[]):  # a check must not shift the run's random numbers
+            scores = strategy.score_passes(iter([probs] * strategy.passes))
     except NotImplementedError as exc:
         raise AlsegError(f"strategy {name}: {exc}") from exc
     except Exception as exc:
