@@ -133,7 +133,7 @@ class RunFiles:
         pool.save(folder, {"cycle": cycle, "numpy_rng": rng.bit_generator.state})
         atomic_write(folder / "model.pt", lambda f: torch.save(models[0].state_dict(), f))
         for m, member in enumerate(models[1:], start=1):
-            atomic_write(folder / f"member_{m}.pt", lambda f: torch.save(member.state_dict(), f))
+            atomic_write(folder / f"member_{m}.pt", lambda f, member=member: torch.save(member.state_dict(), f))
         rng_states = {"generator": generator.get_state(), "global": torch.get_rng_state()}
         atomic_write(folder / "torch_rng.pt", lambda f: torch.save(rng_states, f))
         config = OmegaConf.to_container(self.cfg, resolve=True)
@@ -282,8 +282,7 @@ def _run(cfg: DictConfig, files: RunFiles, rows: list[dict], start_cycle: int) -
 def _build_models(cfg: DictConfig, strategy, num_classes: int, device: torch.device) -> list[torch.nn.Module]:
     """The model, with MC dropout before its head when the strategy needs stochastic passes,
     or a committee of `strategy.members` models from different initialisations."""
-    committee = cfg.strategy.get("committee", "dropout")
-    if strategy.passes > 1 and committee == "models":
+    if strategy.multi_pass and cfg.strategy.get("committee", "dropout") == "models":
         members = int(cfg.strategy.members)
         if members < 2:
             raise AlsegError("strategy.committee=models needs strategy.members >= 2")
@@ -291,7 +290,6 @@ def _build_models(cfg: DictConfig, strategy, num_classes: int, device: torch.dev
         for m in range(members):
             torch.manual_seed(int(cfg.seed) + 1000 * m)
             models.append(build_model(cfg.model, num_classes).to(device))
-        strategy.cfg = OmegaConf.merge(strategy.cfg, {"passes": 1})
         return models
     dropout = cfg.model.get("dropout") if strategy.passes > 1 else None
     if strategy.passes > 1 and not dropout and not cfg.model.get("_target_"):

@@ -114,7 +114,6 @@ def cached_maps(
             arrays["counts"][:] = counts
 
         cached_memmaps(folder, name, {"maps": ((n, h, w), dtype), "counts": ((n,), np.int64)}, fill)
-        del wide
     finally:
         wide_path.unlink(missing_ok=True)
     log.info("%s: %d region maps (%s, %.1f regions per image) built in %.1fs and cached in %s",

@@ -34,9 +34,12 @@ class Strategy:
 
     @property
     def passes(self) -> int:
-        """Stochastic passes per image: `strategy.passes` for MC strategies, else 1."""
+        """Passes per model and image: `strategy.passes` for MC-dropout strategies, else 1
+        (also for a committee of models, whose members make one deterministic pass each)."""
         mc = self.multi_pass or bool(self.cfg.get("mc", False))
-        return int(self.cfg.get("passes", 1)) if mc else 1
+        if not mc or self.cfg.get("committee", "dropout") == "models":
+            return 1
+        return int(self.cfg.get("passes", 1))
 
     def pixel_scores(self, probs: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} must implement pixel_scores(probs) -> [B, H, W]")
