@@ -10,17 +10,18 @@ import torch
 import torch.nn.functional as F
 
 from alseg.data.base import IGNORE
+from alseg.device import upload
 
 
 def _uniform(n: int, low: float, high: float, generator: torch.Generator, device) -> torch.Tensor:
-    return (low + (high - low) * torch.rand(n, generator=generator)).to(device)
+    return upload(low + (high - low) * torch.rand(n, generator=generator), device)
 
 
 def augment(x: torch.Tensor, y: torch.Tensor, cfg, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Apply `train.augment` (hflip, scale [min, max], jitter) to a batch."""
     b, device = len(x), x.device
     if cfg.hflip:
-        flip = (torch.rand(b, generator=generator) < 0.5).to(device)
+        flip = upload(torch.rand(b, generator=generator) < 0.5, device)
         x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
         y = torch.where(flip.view(-1, 1, 1), y.flip(-1), y)
     if cfg.get("scale"):

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from alseg import query
 from alseg.data import load_dataset
+from alseg.device import resolve_device
 from alseg.errors import AlsegError
 from alseg.metrics import iou_per_class, miou, pixel_accuracy
 from alseg.model import build_model, check_model
@@ -35,24 +36,6 @@ log = logging.getLogger(__name__)
 BUDGETS = ("per_image", "clicks", "full")
 # Keys that may change between a run and its resumption without changing its results.
 RESUME_FREE_KEYS = {"resume", "device", "save_model", "dataset.root", "dataset.cache_dir"}
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` picks CUDA when available; `cuda:N` picks one of several GPUs."""
-    name = str(name)
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise AlsegError(f"device={name} but no CUDA device is visible; use device=cpu or device=auto")
-        torch.backends.cudnn.benchmark = True
-        try:
-            return torch.device(name)
-        except RuntimeError as exc:
-            raise AlsegError(f"device={name}: {exc}") from exc
-    if name != "cpu":
-        raise AlsegError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
-    return torch.device(name)
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -219,6 +202,8 @@ def _run(cfg: DictConfig, files: RunFiles, rows: list[dict], start_cycle: int) -
                              "must have features(x) and head(features, size)")
     initial_weights = [copy.deepcopy(m.state_dict()) for m in models]
     train_images = torch.from_numpy(np.asarray(data.train.images)).to(device)
+    train_labels = torch.from_numpy(np.asarray(data.train.labels)).to(device)
+    regions.to_device(device)
     val_images = torch.from_numpy(np.asarray(data.val.images)).to(device)
     val_labels = torch.from_numpy(np.asarray(data.val.labels)).to(device)
     costs = oracle.costs()
@@ -239,7 +224,7 @@ def _run(cfg: DictConfig, files: RunFiles, rows: list[dict], start_cycle: int) -
             spent = float(regions.counts.sum() if costs is None else costs.sum().item())
             pool.regions += int(regions.counts.sum())
         else:
-            chosen = _query(cycle, cfg, strategy, random_strategy, models, train_images, data.train.labels, pool, regions,
+            chosen = _query(cycle, cfg, strategy, random_strategy, models, train_images, train_labels, pool, regions,
                             costs, generator, c)
             if len(chosen[0]) == 0:
                 exhausted = f"the pool has no askable region left before cycle {cycle}; stopped after {cycle} cycles"
@@ -340,7 +325,8 @@ def _query(cycle, cfg, strategy, random_strategy, models, images, labels, pool, 
     active = cycle > 0 and strategy.needs_model
     s = cfg.strategy
     scored = query.score_pool(
-        strategy if active else random_strategy, models if active else [], images, labels, pool.revealed,
+        strategy if active else random_strategy, models if active else [], images, labels,
+        torch.from_numpy(pool.revealed).to(images.device),
         regions, generator, cfg.train.eval_batch_size, num_classes, aggregate=s.aggregate,
         exclude_void=s.exclude_void, class_balance=active and s.class_balance,
         pixel_candidates=int(s.get("pixel_candidates", 1024)),

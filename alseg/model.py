@@ -7,6 +7,8 @@ MC-dropout passes re-run only the head and core-set strategies get embeddings; a
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
@@ -25,8 +27,15 @@ def to_input(images: torch.Tensor) -> torch.Tensor:
 def normalise(x: torch.Tensor) -> torch.Tensor:
     """float [B, 3, H, W] in 0-255 -> ImageNet-normalised; on a GPU in channels_last memory
     format, which convolutions there run fastest in."""
-    x = (x - MEAN.to(x.device)) / STD.to(x.device)
+    mean, std = _statistics(x.device)
+    x = (x - mean) / std
     return x.contiguous(memory_format=torch.channels_last) if x.is_cuda else x
+
+
+@functools.cache
+def _statistics(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """MEAN and STD on `device`, copied there once (not once per batch)."""
+    return MEAN.to(device), STD.to(device)
 
 
 def autocast(device: torch.device) -> torch.autocast:

@@ -14,6 +14,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from alseg.device import upload
 from alseg.errors import AlsegError
 from alseg.model import autocast, enable_dropout, to_input
 from alseg.regions import Regions
@@ -107,8 +108,8 @@ def score_pool(
     strategy: Strategy,
     models: list[torch.nn.Module],
     images: torch.Tensor,
-    labels: np.ndarray,
-    revealed: np.ndarray,
+    labels: np.ndarray | torch.Tensor,
+    revealed: np.ndarray | torch.Tensor,
     regions: Regions,
     generator: torch.Generator,
     batch_size: int,
@@ -121,7 +122,9 @@ def score_pool(
     """Score every region of the pool. `models=[]` draws random region scores; several models
     form a committee. `exclude_void` keeps pixels whose ground truth is void from being asked
     (pixel regions). With an embedding strategy, keeps candidate and labelled embeddings
-    (for pixels: the `pixel_candidates` best-scoring askable pixels of each image)."""
+    (for pixels: the `pixel_candidates` best-scoring askable pixels of each image).
+    `labels` and `revealed` [N, H, W] (uint8) are fastest kept on the device, as are the
+    region maps (`regions.to_device`): a copy from host memory makes a GPU wait."""
     device = images.device
     n, r = len(images), regions.max_regions
     out = PoolScores(torch.empty(n, r, device=device))
@@ -132,41 +135,50 @@ def score_pool(
         model.eval()
         if strategy.passes > 1 and len(models) == 1 and enable_dropout(model) == 0:
             raise AlsegError(f"{strategy.cfg.name} needs stochastic passes, but {type(model).__name__} has no dropout layer")
-    embed = strategy.uses_embeddings and bool(models)
-    if embed:
-        asked_counts = (np.asarray(revealed).reshape(n, -1) != NOT_ASKED).sum(axis=1)
-        lab_width = int(asked_counts.max()) if regions.maps is None else r
+    keep_embeddings = strategy.uses_embeddings and bool(models)
+    if keep_embeddings:
+        if regions.maps is None:  # room for the embeddings of the most pixels asked in one image
+            lab_width = int((_to_device(revealed, device).flatten(1) != NOT_ASKED).sum(dim=1).max())
+        else:
+            lab_width = r
         cand_width = min(r, pixel_candidates) if regions.maps is None else r
     for start in range(0, n, batch_size):
-        index = np.arange(start, min(start + batch_size, n))
-        maps = regions.batch_maps(index, device)
-        asked = torch.from_numpy(np.asarray(revealed[index])).to(device) != NOT_ASKED
+        batch = slice(start, min(start + batch_size, n))
+        maps = regions.batch_maps(batch, device)
+        asked = _to_device(revealed[batch], device) != NOT_ASKED
         asked_regions = _to_regions(asked.to(torch.float32), maps, r, "amax") > 0
         blocked = asked_regions.clone()
         if maps is None and exclude_void:
-            blocked |= torch.from_numpy(np.asarray(labels[index])).to(device).flatten(1) == NOT_ASKED
-        blocked |= torch.arange(r, device=device) >= counts[index, None]
+            blocked |= _to_device(labels[batch], device).flatten(1) == NOT_ASKED
+        blocked |= torch.arange(r, device=device) >= counts[batch, None]
         if not models:
-            batch_scores = torch.rand(len(index), r, generator=generator).to(device)
+            batch_scores = upload(torch.rand(len(asked), r, generator=generator), device)
         else:
             keep: dict = {}
-            x = to_input(images[index])
+            x = to_input(images[batch])
             with autocast(device):
                 pixel = strategy.score_passes(_passes(models, x, strategy.passes, keep))
             batch_scores = _to_regions(pixel.float(), maps, r, _REDUCE[aggregate])
             if out.classes is not None:
-                out.classes[index] = _majority(keep["sum"].argmax(dim=1), maps, r, num_classes)
+                out.classes[batch] = _majority(keep["sum"].argmax(dim=1), maps, r, num_classes)
         batch_scores = batch_scores.masked_fill(blocked, -math.inf)
-        out.scores[index] = batch_scores
-        if embed:
+        out.scores[batch] = batch_scores
+        if keep_embeddings:
             if keep["features"] is None:
                 raise AlsegError(f"{strategy.cfg.name} needs embeddings: {type(models[0]).__name__} must have features(x) and head(features, size)")
-            embed = _embedder(keep["features"], maps, images.shape[1:3], r)
-            _keep_embeddings(out, index, embed, batch_scores, asked_regions, n, cand_width, lab_width)
+            embedder = _embedder(keep["features"], maps, images.shape[1:3], r)
+            _keep_embeddings(out, batch, embedder, batch_scores, asked_regions, n, cand_width, lab_width)
     return out
 
 
-def _keep_embeddings(out: PoolScores, index, embed, scores, asked, n, cand_width, lab_width) -> None:
+def _to_device(array: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A block of the labels or the revealed map on `device` (a view of a host array on the CPU)."""
+    if not isinstance(array, torch.Tensor):
+        array = torch.from_numpy(np.ascontiguousarray(array))
+    return array.to(device)
+
+
+def _keep_embeddings(out: PoolScores, batch: slice, embed, scores, asked, n, cand_width, lab_width) -> None:
     """Store the best-scoring askable regions' embeddings as candidates, and the asked ones'."""
     top = scores.topk(cand_width, dim=1)
     emb = embed(top.indices)
@@ -176,12 +188,12 @@ def _keep_embeddings(out: PoolScores, index, embed, scores, asked, n, cand_width
         out.embeddings = torch.zeros(n, cand_width, d, device=device)
         out.labelled = torch.zeros(n, lab_width, d, device=device)
         out.labelled_valid = torch.zeros(n, lab_width, dtype=torch.bool, device=device)
-    out.candidates[index] = torch.where(torch.isfinite(top.values), top.indices, -1)
-    out.embeddings[index] = emb
+    out.candidates[batch] = torch.where(torch.isfinite(top.values), top.indices, -1)
+    out.embeddings[batch] = emb
     if lab_width:
         lab = asked.float().topk(lab_width, dim=1)
-        out.labelled[index] = embed(lab.indices)
-        out.labelled_valid[index] = lab.values > 0
+        out.labelled[batch] = embed(lab.indices)
+        out.labelled_valid[batch] = lab.values > 0
 
 
 def balance_classes(scores: torch.Tensor, classes: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -205,7 +217,7 @@ def sample_top_percent(scores: torch.Tensor, fraction: float, generator: torch.G
     top = scores.topk(k, dim=1)
     rank = torch.arange(k, device=scores.device)
     chosen = (rank < keep[:, None]) & torch.isfinite(top.values)
-    random = torch.rand(top.values.shape, generator=generator).to(scores.device)
+    random = upload(torch.rand(top.values.shape, generator=generator), scores.device)
     out = torch.full_like(scores, -math.inf)
     return out.scatter(1, top.indices, torch.where(chosen, random, -math.inf))
 

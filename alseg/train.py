@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from alseg.data.base import IGNORE
+from alseg.device import upload
 from alseg.errors import AlsegError
 from alseg.metrics import confusion
 from alseg.augment import augment
@@ -46,13 +47,12 @@ def train_cycle(
     model.train()
     start = time.perf_counter()
     for epoch in range(cfg.epochs):
-        order = labelled[torch.randperm(len(labelled), generator=generator)]
+        order = upload(labelled[torch.randperm(len(labelled), generator=generator)], device)
         total, batches = torch.zeros((), device=device), 0
         for chunk in order.split(cfg.batch_size):
             if len(chunk) == 1 < len(order):
                 continue  # batch norm cannot train on a batch of one (DeepLabV3+'s image pooling)
-            index = chunk.to(device)
-            x, y = augment(images[index].permute(0, 3, 1, 2).float(), targets[index], cfg.augment, generator)
+            x, y = augment(images[chunk].permute(0, 3, 1, 2).float(), targets[chunk], cfg.augment, generator)
             x = normalise(x)
             with precision:
                 loss = F.cross_entropy(model(x).float(), y.long(), ignore_index=IGNORE)

@@ -22,7 +22,7 @@ from hydra import compose, initialize_config_module
 
 from alseg import query
 from alseg.data import decode_split, load_split
-from alseg.experiment import resolve_device
+from alseg.device import resolve_device
 from alseg.model import autocast, build_model, to_input
 from alseg.pool import Pool
 from alseg.regions import build_regions
@@ -32,16 +32,31 @@ from alseg.train import train_cycle
 REPO = Path(__file__).resolve().parents[1]
 
 
-def best_of(fn, repeats: int) -> float:
-    """The fastest of `repeats` timings of fn() in seconds (after synchronising a GPU)."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return min(times)
+def timed(fn) -> float:
+    """Seconds taken by fn() (after synchronising a GPU)."""
+    start = time.perf_counter()
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def paired(names: tuple[str, str, str], alseg, floor, rounds: int) -> dict:
+    """alseg's time against the floor's, interleaved over `rounds` (alternating which goes
+    first, after one warm-up of each) so that drift on a shared machine hits both alike.
+    `names` are the keys of alseg's time, the floor's and their ratio (of the medians);
+    `<ratio>_spread` holds the lowest and highest per-round ratio."""
+    alseg(), floor()
+    times = {"alseg": [], "floor": []}
+    for i in range(rounds):
+        order = [("alseg", alseg), ("floor", floor)][:: 1 if i % 2 == 0 else -1]
+        for key, fn in order:
+            times[key].append(timed(fn))
+    a, f = np.median(times["alseg"]), np.median(times["floor"])
+    per_round = np.array(times["alseg"]) / np.array(times["floor"])
+    alseg_key, floor_key, ratio_key = names
+    return {alseg_key: float(a), floor_key: float(f), ratio_key: float(a / f),
+            f"{ratio_key}_spread": [round(float(per_round.min()), 3), round(float(per_round.max()), 3)]}
 
 
 def compose_cfg(args) -> object:
@@ -57,16 +72,15 @@ def compose_cfg(args) -> object:
 
 def bench_data(cfg) -> dict:
     """Decoding the PNGs vs reading the decoded cache (the train split)."""
-    decode_s = best_of(lambda: decode_split(cfg.dataset, "train"), 1)
+    decode_s = timed(lambda: decode_split(cfg.dataset, "train"))
     load_split(cfg.dataset, "train")  # builds the cache if missing
-    read_s = best_of(lambda: np.array(load_split(cfg.dataset, "train").images), 3)
+    read_s = min(timed(lambda: np.array(load_split(cfg.dataset, "train").images)) for _ in range(3))
     return {"decode_s": decode_s, "cache_read_s": read_s, "cache_vs_decode_ratio": read_s / decode_s}
 
 
-def bench_train(cfg, model, images, labels, device, repeats) -> dict:
-    """One epoch through alseg vs the same batches as ready tensors: forward, backward, step."""
+def train_pair(cfg, model, images, labels, device):
+    """One epoch through alseg, and the same batches as ready tensors: forward, backward, step."""
     generator = torch.Generator().manual_seed(0)
-    alseg_s = best_of(lambda: train_cycle(model, images, labels, cfg.train, generator), repeats)
     batches = [(to_input(images[i : i + cfg.train.batch_size]), torch.from_numpy(labels[i : i + cfg.train.batch_size]).long().to(device))
                for i in range(0, len(images), cfg.train.batch_size)]
     optimiser = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
@@ -81,20 +95,25 @@ def bench_train(cfg, model, images, labels, device, repeats) -> dict:
             loss.backward()
             optimiser.step()
 
-    floor_s = best_of(bare, repeats)
-    return {"train_epoch_s": alseg_s, "train_floor_s": floor_s, "train_epoch_ratio": alseg_s / floor_s}
+    def alseg():
+        train_cycle(model, images, labels, cfg.train, generator)
+
+    return alseg, bare
 
 
-def bench_scoring(cfg, name, strategy_overrides, model, images, labels, regions, device, repeats, budget) -> dict:
-    """alseg's scoring of the pool + selection vs a bare forward pass over the same pool."""
+def scoring_pair(cfg, strategy_overrides, model, images, labels, regions, device, budget):
+    """alseg's scoring of the pool + selection, and a bare forward pass over the same pool."""
     strategy = build_strategy(compose_strategy(strategy_overrides))
     revealed = np.full(labels.shape, 255, np.uint8)
     generator = torch.Generator().manual_seed(0)
     n = len(images)
+    # as a run holds them: labels and region maps on the device once, the revealed map each cycle
+    device_labels = torch.from_numpy(labels).to(device)
+    regions.to_device(device)
 
     def alseg():
-        scored = query.score_pool(strategy, [model], images, labels, revealed, regions, generator,
-                                  cfg.train.eval_batch_size, 11, aggregate="mean", exclude_void=True)
+        scored = query.score_pool(strategy, [model], images, device_labels, torch.from_numpy(revealed).to(device),
+                                  regions, generator, cfg.train.eval_batch_size, 11, aggregate="mean", exclude_void=True)
         if regions.maps is None:
             query.select_per_image(scored.scores, 10)
         else:
@@ -109,8 +128,19 @@ def bench_scoring(cfg, name, strategy_overrides, model, images, labels, regions,
             with autocast(device):
                 model(x)
 
-    alseg_s, floor_s = best_of(alseg, repeats), best_of(bare, repeats)
-    return {f"scoring_s_{name}": alseg_s, f"forward_s_{name}": floor_s, f"scoring_ratio_{name}": alseg_s / floor_s}
+    return alseg, bare
+
+
+def profile(alseg, bare, device) -> None:
+    """Print the operators that take most time in one run of each (`--profile`)."""
+    from torch.profiler import ProfilerActivity
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    for name, fn in (("alseg", alseg), ("floor", bare)):
+        with torch.profiler.profile(activities=activities) as prof:
+            timed(fn)
+        print(f"--- {name}\n{prof.key_averages().table(sort_by=sort, row_limit=15)}", flush=True)
 
 
 def compose_strategy(overrides: list[str]):
@@ -138,8 +168,9 @@ def main() -> None:
     parser.add_argument("--model", default="deeplabv3plus_mobilenetv2")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--images", type=int, default=120, help="use the first N train images (0: all 367)")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--images", type=int, default=96, help="use the first N train images (0: all 367)")
+    parser.add_argument("--rounds", type=int, default=4, help="interleaved timings of alseg and the floor")
+    parser.add_argument("--profile", action="store_true", help="print the costliest operators of training and of each scoring")
     parser.add_argument("--cache-dir", default=os.environ.get("ALSEG_CACHE", str(Path.home() / ".cache/alseg")))
     parser.add_argument("--out", default=str(REPO / "outputs/bench/bench.json"))
     args = parser.parse_args()
@@ -174,13 +205,21 @@ def main() -> None:
     model = build_model(cfg.model, 11, dropout=0.2).to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
-    result.update(bench_train(cfg, model, images, labels, device, args.repeats))
+    alseg, bare = train_pair(cfg, model, images, labels, device)
+    result.update(paired(("train_epoch_s", "train_floor_s", "train_epoch_ratio"), alseg, bare, args.rounds))
     print(f"train_epoch_ratio: {result['train_epoch_ratio']:.3f}", flush=True)
+    if args.profile:
+        profile(alseg, bare, device)
     budget = 10 * count
-    result.update(bench_scoring(cfg, "margin_pixel", ["strategy=margin"], model, images, labels, pixels, device, args.repeats, budget))
+    scorings = [("margin_pixel", ["strategy=margin"], pixels)]
     if seeds is not None:
-        result.update(bench_scoring(cfg, "margin_seeds", ["strategy=margin"], model, images, labels, seeds, device, args.repeats, budget))
-        result.update(bench_scoring(cfg, "bald8_seeds", ["strategy=bald", "strategy.passes=8"], model, images, labels, seeds, device, args.repeats, budget))
+        scorings += [("margin_seeds", ["strategy=margin"], seeds), ("bald8_seeds", ["strategy=bald", "strategy.passes=8"], seeds)]
+    for name, overrides, regions in scorings:
+        alseg, bare = scoring_pair(cfg, overrides, model, images, labels, regions, device, budget)
+        result.update(paired((f"scoring_s_{name}", f"forward_s_{name}", f"scoring_ratio_{name}"), alseg, bare, args.rounds))
+        print(f"scoring_ratio_{name}: {result[f'scoring_ratio_{name}']:.3f}", flush=True)
+        if args.profile:
+            profile(alseg, bare, device)
     result["state_bytes_per_pixel"] = state_bytes_per_pixel()
 
     out = Path(args.out)

@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from alseg.data import synthetic
@@ -86,6 +87,17 @@ def test_box_and_image_regions(scenes, tmp_path):
     assert pixel.maps is None and pixel.counts.tolist() == [64 * 96] * 4
     assert len({box.key, whole.key, image.key, pixel.key}) == 4  # cached costs must not mix them up
     assert not list(tmp_path.iterdir())  # nothing to cache for maps that do not depend on the image
+
+
+@pytest.mark.parametrize("name", ["box", "seeds"])
+def test_maps_kept_on_the_device_give_the_same_batches(scenes, tmp_path, name):
+    regions = build_regions(region_cfg(name), scenes[0], str(tmp_path), KEY)
+    from_host = regions.batch_maps(slice(1, 3), torch.device("cpu"))
+    regions.to_device(torch.device("cpu"))
+    assert regions.device_maps.shape == regions.maps.shape
+    kept = regions.batch_maps(slice(1, 3), torch.device("cpu"))
+    assert kept.dtype == torch.int64 and torch.equal(kept, from_host)
+    assert torch.equal(from_host, torch.from_numpy(np.asarray(regions.maps[1:3], np.int64)))
 
 
 def test_bad_region_values_are_user_errors(scenes, tmp_path):

@@ -3,7 +3,7 @@ import math
 import torch
 from omegaconf import OmegaConf
 
-from alseg.strategies import STRATEGIES
+from alseg.strategies import STRATEGIES, top2
 
 CFG = OmegaConf.create({"name": "x"})
 
@@ -41,6 +41,15 @@ def mc(name):
 def test_ratio_is_second_over_best():
     s = STRATEGIES["ratio"](CFG).pixel_scores(probs([0.6, 0.3, 0.1], [0.5, 0.5, 0.0]))
     assert torch.allclose(s.flatten(), torch.tensor([0.5, 1.0]))
+
+
+def test_top2_matches_topk_also_with_ties():
+    p = torch.rand(2, 5, 3, 4).softmax(dim=1)
+    p[0, 1:3, 0, 0] = 0.9  # a tie for the highest
+    best, second = top2(p)
+    expected = p.topk(2, dim=1).values
+    assert torch.equal(best, expected[:, 0]) and torch.equal(second, expected[:, 1])
+    assert best[0, 0, 0] == second[0, 0, 0]
 
 
 def test_bald_is_zero_when_all_passes_agree_and_positive_when_they_disagree():

@@ -1,7 +1,7 @@
 """Region registry: `region.name` -> a builder of per-image region maps for a split."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -26,16 +26,30 @@ class Regions:
     counts: np.ndarray
     key: str | None = None
     cache_dir: str | None = None
+    device_maps: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def max_regions(self) -> int:
         return int(self.counts.max())
 
-    def batch_maps(self, index: np.ndarray, device: torch.device) -> torch.Tensor | None:
-        """Region maps of the images `index` as an int64 tensor on `device` (None for pixels)."""
+    def to_device(self, device: torch.device) -> "Regions":
+        """Keep a copy of the maps on `device` for batch_maps (a view on the CPU; a map shared
+        by every image stays one map)."""
+        if self.maps is not None and self.device_maps is None:
+            if self.maps.strides[0] == 0:  # box and image regions: one map broadcast to all images
+                one = torch.from_numpy(np.array(self.maps[0])).to(device)
+                self.device_maps = one.expand(len(self.maps), -1, -1)
+            else:
+                self.device_maps = torch.from_numpy(self.maps).to(device)
+        return self
+
+    def batch_maps(self, batch: slice, device: torch.device) -> torch.Tensor | None:
+        """Region maps of the images in `batch` as an int64 tensor on `device` (None for pixels)."""
         if self.maps is None:
             return None
-        return torch.from_numpy(np.asarray(self.maps[index])).to(device, torch.int64)
+        if self.device_maps is not None:
+            return self.device_maps[batch].to(device, torch.int64)
+        return torch.from_numpy(np.ascontiguousarray(self.maps[batch])).to(device, torch.int64)
 
 
 def _pixel(cfg, images: np.ndarray, cache_dir: str, key: dict) -> Regions:

@@ -122,7 +122,8 @@ def cached_maps(
 
 
 def _load(folder: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
-    maps = np.load(folder / f"{name}-maps.npy", mmap_mode="r")
+    """The cached maps, memory-mapped copy-on-write (so torch can view them without copying)."""
+    maps = np.load(folder / f"{name}-maps.npy", mmap_mode="c")
     return maps, np.load(folder / f"{name}-counts.npy").astype(np.int64)
 
 

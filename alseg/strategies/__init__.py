@@ -21,6 +21,14 @@ def entropy(probs: torch.Tensor, dim: int = 1) -> torch.Tensor:
     return -(probs * torch.log(probs.clamp_min(1e-12))).sum(dim=dim)
 
 
+def top2(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The highest and second-highest class probability of each pixel, [B, H, W] each (a tie
+    for the highest gives two equal values). Several times faster than topk on a GPU."""
+    best, index = probs.max(dim=1, keepdim=True)
+    second = probs.scatter(1, index, -torch.inf).amax(dim=1)
+    return best[:, 0], second
+
+
 class Strategy:
     """Base class. Override `pixel_scores(probs [B, C, H, W]) -> [B, H, W]` (higher = more
     informative), or `score_passes` for scores that need several stochastic passes."""
@@ -78,16 +86,16 @@ class Margin(Strategy):
     """Best-versus-second-best: 1 - (p1 - p2), so the smallest margins score highest."""
 
     def pixel_scores(self, probs):
-        top2 = probs.topk(2, dim=1).values
-        return 1.0 - (top2[:, 0] - top2[:, 1])
+        best, second = top2(probs)
+        return 1.0 - (best - second)
 
 
 class Ratio(Strategy):
     """Cai et al.: p2 / p1, the second-best over the best probability."""
 
     def pixel_scores(self, probs):
-        top2 = probs.topk(2, dim=1).values
-        return top2[:, 1] / top2[:, 0].clamp_min(1e-12)
+        best, second = top2(probs)
+        return second / best.clamp_min(1e-12)
 
 
 class Bald(Strategy):
