@@ -4,9 +4,12 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from alseg.errors import AlsegError
@@ -30,6 +33,7 @@ commands:
 """
 
 _failures: list[str] = []
+ERROR_FILE = "error.txt"  # written into a run's folder when its job fails
 
 
 def _report(exc: AlsegError) -> None:
@@ -46,12 +50,35 @@ def _run_app(cfg: DictConfig) -> None:
 
     hydra_cfg = HydraConfig.get()
     out_dir = hydra_cfg.runtime.output_dir
+    error_file = Path(out_dir, ERROR_FILE)
+    error_file.unlink(missing_ok=True)
     _spread_over_gpus(cfg, hydra_cfg)
     try:
         summary = run(cfg, out_dir)
         log.info("run finished: final mIoU %.2f; results in %s", summary["final_miou"] or float("nan"), out_dir)
-    except AlsegError as exc:  # recorded in summary.json; a sweep goes on with its other jobs
+    except AlsegError as exc:  # also in summary.json; a sweep goes on with its other jobs
+        error_file.write_text(f"{exc}\n")
         _report(exc)
+    except Exception as exc:
+        error_file.write_text(f"{type(exc).__name__}: {exc}\n")
+        raise
+
+
+class SweepFailures(Callback):
+    """After a sweep, on the machine that launched it: names the jobs that failed (they left
+    an error.txt in their folder, also when they ran in other processes or on other nodes),
+    so that the sweep ends with exit code 2."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        self.start = time.time()
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        errors = sorted(p for p in Path(config.hydra.sweep.dir).glob(f"**/{ERROR_FILE}")
+                        if p.stat().st_mtime >= self.start - 1)
+        if errors:
+            lines = [f"  {p.parent}: {p.read_text().strip().partition(chr(10))[0]}" for p in errors]
+            print(f"error: {len(errors)} run(s) of this sweep failed:", *lines, sep="\n", file=sys.stderr)
+            _failures.extend(lines)
 
 
 def _spread_over_gpus(cfg: DictConfig, hydra_cfg) -> None:
@@ -100,4 +127,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # through the importable module, whose state Hydra's callbacks (imported by name) share
+    from alseg.cli import main as cli_main
+
+    cli_main()
