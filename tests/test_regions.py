@@ -124,6 +124,7 @@ def test_second_build_hits_the_region_cache(scenes, tmp_path, monkeypatch, name,
         [f"{first.key}-maps.npy", f"{first.key}-counts.npy"])  # no temporary files left behind
     with pytest.raises(AssertionError, match="built again"):  # other parameters: a new entry
         build_regions(region_cfg(name, num_superpixels=60), scenes[0], str(tmp_path), KEY)
+    assert len(list((tmp_path / "regions").iterdir())) == 2  # the failed build left nothing
 
 
 def test_region_borders_outline_each_picked_region():

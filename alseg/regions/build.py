@@ -90,11 +90,9 @@ def cached_maps(
         return _load(folder, name)
 
     folder.mkdir(parents=True, exist_ok=True)
-    fd, wide_name = tempfile.mkstemp(prefix=f"{name}.", suffix=".wide.tmp.npy", dir=folder)
-    os.close(fd)
-    wide_path = Path(wide_name)
-    try:
-        wide = np.lib.format.open_memmap(wide_path, mode="w+", dtype=np.int32, shape=(n, h, w))
+    # an anonymous file (unlinked from the start), so a killed build leaves nothing behind
+    with tempfile.TemporaryFile(dir=folder) as scratch:
+        wide = np.memmap(scratch, dtype=np.int32, mode="w+", shape=(n, h, w))
         counts = np.zeros(n, np.int64)
         log.info("%s: building region maps for %d images of %dx%d on %d threads ...", what, n, h, w, workers())
         progress = Progress(what, n)
@@ -114,8 +112,6 @@ def cached_maps(
             arrays["counts"][:] = counts
 
         cached_memmaps(folder, name, {"maps": ((n, h, w), dtype), "counts": ((n,), np.int64)}, fill)
-    finally:
-        wide_path.unlink(missing_ok=True)
     log.info("%s: %d region maps (%s, %.1f regions per image) built in %.1fs and cached in %s",
              what, n, dtype.name, counts.mean(), progress.elapsed, paths[0])
     return _load(folder, name)
