@@ -27,7 +27,7 @@ from alseg.model import build_model, check_model
 from alseg.oracle import NO_LABEL, Oracle
 from alseg.overlay import save_query_overlay
 from alseg.pool import Pool, atomic_write, record_selection
-from alseg.regions import build_regions
+from alseg.regions import Regions, build_regions
 from alseg.strategies import STRATEGIES, build_strategy, check_strategy, strategy_class
 from alseg.train import evaluate, train_cycle
 
@@ -179,27 +179,14 @@ def _run(cfg: DictConfig, files: RunFiles, rows: list[dict], start_cycle: int) -
     data = load_dataset(cfg.dataset)
     n, (h, w), c = len(data.train), data.train.size, data.num_classes
     files.info.update(num_train_images=n, image_size=[h, w], class_names=list(data.class_names))
-    cache_dir = str(Path(cfg.dataset.cache_dir).expanduser())
-    # what the training pool depends on (not where caches live, nor which split is evaluated);
-    # a decoded cache's file name hashes every source file's size and time, so edited data
-    # never meets stale superpixels
-    data_key = {k: v for k, v in OmegaConf.to_container(cfg.dataset, resolve=True).items()
-                if k not in ("cache_dir", "eval_split")}
-    if getattr(data.train.images, "filename", None):
-        data_key["source"] = Path(data.train.images.filename).name
-    regions = build_regions(cfg.region, data.train.images, cache_dir, {"dataset": data_key, "split": "train"})
+    regions = _train_regions(cfg, data)
     oracle = Oracle(cfg.annotation, regions, data.train.labels, c, rng)
     strategy = build_strategy(cfg.strategy)
     random_strategy = STRATEGIES["random"](cfg.strategy)
     check_strategy(strategy, c)
     models = _build_models(cfg, strategy, c, device)
     for model in models:
-        if device.type == "cuda":
-            model.to(memory_format=torch.channels_last)
-        check_model(model, c, (h, w), device)
-        if strategy.uses_embeddings and not (hasattr(model, "features") and hasattr(model, "head")):
-            raise AlsegError(f"strategy {cfg.strategy.name} needs embeddings: model {type(model).__name__} "
-                             "must have features(x) and head(features, size)")
+        _check_member(model, cfg, strategy, c, (h, w), device)
     initial_weights = [copy.deepcopy(m.state_dict()) for m in models]
     train_images = torch.from_numpy(np.asarray(data.train.images)).to(device)
     train_labels = torch.from_numpy(np.asarray(data.train.labels)).to(device)
@@ -262,6 +249,28 @@ def _run(cfg: DictConfig, files: RunFiles, rows: list[dict], start_cycle: int) -
         files.copy_model(rows[-1]["cycle"], files.out / "model.pt")
     files.write_summary("completed", rows, exhausted, budget_exhausted=exhausted is not None)
     return json.loads((files.out / "summary.json").read_text())
+
+
+def _train_regions(cfg: DictConfig, data) -> Regions:
+    """The train split's region maps, cached under what the pool depends on (not where
+    caches live, nor which split is evaluated); a decoded cache's file name hashes every
+    source file's size and time, so edited data never meets stale superpixels."""
+    data_key = {k: v for k, v in OmegaConf.to_container(cfg.dataset, resolve=True).items()
+                if k not in ("cache_dir", "eval_split")}
+    if getattr(data.train.images, "filename", None):
+        data_key["source"] = Path(data.train.images.filename).name
+    cache_dir = str(Path(cfg.dataset.cache_dir).expanduser())
+    return build_regions(cfg.region, data.train.images, cache_dir, {"dataset": data_key, "split": "train"})
+
+
+def _check_member(model: torch.nn.Module, cfg: DictConfig, strategy, num_classes: int, size, device) -> None:
+    """Lay a model out for the device and fail early when it cannot serve the strategy."""
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    check_model(model, num_classes, size, device)
+    if strategy.uses_embeddings and not (hasattr(model, "features") and hasattr(model, "head")):
+        raise AlsegError(f"strategy {cfg.strategy.name} needs embeddings: model {type(model).__name__} "
+                         "must have features(x) and head(features, size)")
 
 
 def _build_models(cfg: DictConfig, strategy, num_classes: int, device: torch.device) -> list[torch.nn.Module]:
