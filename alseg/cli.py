@@ -57,11 +57,18 @@ def _run_app(cfg: DictConfig) -> None:
         summary = run(cfg, out_dir)
         log.info("run finished: final mIoU %.2f; results in %s", summary["final_miou"] or float("nan"), out_dir)
     except AlsegError as exc:  # also in summary.json; a sweep goes on with its other jobs
-        error_file.write_text(f"{exc}\n")
+        _write_error(error_file, str(exc))
         _report(exc)
     except Exception as exc:
-        error_file.write_text(f"{type(exc).__name__}: {exc}\n")
+        _write_error(error_file, f"{type(exc).__name__}: {exc}")
         raise
+
+
+def _write_error(path: Path, message: str) -> None:
+    try:
+        path.write_text(message + "\n")
+    except OSError:  # the run's folder may be what failed; the message is in the log anyway
+        pass
 
 
 class SweepFailures(Callback):
