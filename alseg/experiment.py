@@ -190,7 +190,6 @@ def _run(cfg: DictConfig, files: RunFiles, rows: list[dict], start_cycle: int) -
     initial_weights = [copy.deepcopy(m.state_dict()) for m in models]
     train_images = torch.from_numpy(np.asarray(data.train.images)).to(device)
     train_labels = torch.from_numpy(np.asarray(data.train.labels)).to(device)
-    regions.to_device(device)
     val_images = torch.from_numpy(np.asarray(data.val.images)).to(device)
     val_labels = torch.from_numpy(np.asarray(data.val.labels)).to(device)
     costs = oracle.costs()

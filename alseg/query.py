@@ -108,8 +108,8 @@ def score_pool(
     strategy: Strategy,
     models: list[torch.nn.Module],
     images: torch.Tensor,
-    labels: np.ndarray | torch.Tensor,
-    revealed: np.ndarray | torch.Tensor,
+    labels: torch.Tensor,
+    revealed: torch.Tensor,
     regions: Regions,
     generator: torch.Generator,
     batch_size: int,
@@ -123,8 +123,8 @@ def score_pool(
     form a committee. `exclude_void` keeps pixels whose ground truth is void from being asked
     (pixel regions). With an embedding strategy, keeps candidate and labelled embeddings
     (for pixels: the `pixel_candidates` best-scoring askable pixels of each image).
-    `labels` and `revealed` [N, H, W] (uint8) are fastest kept on the device, as are the
-    region maps (`regions.to_device`): a copy from host memory makes a GPU wait."""
+    `labels` and `revealed` [N, H, W] (uint8) are tensors on the device: a copy from host
+    memory per batch would make a GPU wait."""
     device = images.device
     n, r = len(images), regions.max_regions
     out = PoolScores(torch.empty(n, r, device=device))
@@ -138,18 +138,18 @@ def score_pool(
     keep_embeddings = strategy.uses_embeddings and bool(models)
     if keep_embeddings:
         if regions.maps is None:  # room for the embeddings of the most pixels asked in one image
-            lab_width = int((_to_device(revealed, device).flatten(1) != NOT_ASKED).sum(dim=1).max())
+            lab_width = int((revealed.flatten(1) != NOT_ASKED).sum(dim=1).max())
         else:
             lab_width = r
         cand_width = min(r, pixel_candidates) if regions.maps is None else r
     for start in range(0, n, batch_size):
         batch = slice(start, min(start + batch_size, n))
         maps = regions.batch_maps(batch, device)
-        asked = _to_device(revealed[batch], device) != NOT_ASKED
+        asked = revealed[batch] != NOT_ASKED
         asked_regions = _to_regions(asked.to(torch.float32), maps, r, "amax") > 0
         blocked = asked_regions.clone()
         if maps is None and exclude_void:
-            blocked |= _to_device(labels[batch], device).flatten(1) == NOT_ASKED
+            blocked |= labels[batch].flatten(1) == NOT_ASKED
         blocked |= torch.arange(r, device=device) >= counts[batch, None]
         if not models:
             batch_scores = upload(torch.rand(len(asked), r, generator=generator), device)
@@ -169,13 +169,6 @@ def score_pool(
             embedder = _embedder(keep["features"], maps, images.shape[1:3], r)
             _keep_embeddings(out, batch, embedder, batch_scores, asked_regions, n, cand_width, lab_width)
     return out
-
-
-def _to_device(array: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A block of the labels or the revealed map on `device` (a view of a host array on the CPU)."""
-    if not isinstance(array, torch.Tensor):
-        array = torch.from_numpy(np.ascontiguousarray(array))
-    return array.to(device)
 
 
 def _keep_embeddings(out: PoolScores, batch: slice, embed, scores, asked, n, cand_width, lab_width) -> None:

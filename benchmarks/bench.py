@@ -107,9 +107,9 @@ def scoring_pair(cfg, strategy_overrides, model, images, labels, regions, device
     revealed = np.full(labels.shape, 255, np.uint8)
     generator = torch.Generator().manual_seed(0)
     n = len(images)
-    # as a run holds them: labels and region maps on the device once, the revealed map each cycle
+    # as a run holds them: labels on the device once (region maps go there on first use),
+    # the revealed map each cycle
     device_labels = torch.from_numpy(labels).to(device)
-    regions.to_device(device)
 
     def alseg():
         scored = query.score_pool(strategy, [model], images, device_labels, torch.from_numpy(revealed).to(device),

@@ -77,10 +77,10 @@ def test_score_pool_averages_over_regions_and_blocks_asked_ones():
     revealed = np.full((1, 2, 3), 255, np.uint8)
     strategy = STRATEGIES["least_confidence"](OmegaConf.create({"name": "least_confidence"}))
     g = torch.Generator().manual_seed(0)
-    scores = query.score_pool(strategy, [FixedModel(logits)], images, labels, revealed, regions, g, 4, 2).scores
+    scores = query.score_pool(strategy, [FixedModel(logits)], images, torch.from_numpy(labels), torch.from_numpy(revealed), regions, g, 4, 2).scores
     assert torch.allclose(scores, torch.tensor([[(0.5 + 0.3) / 2, (0.1 + 0.1 + 0.1 + 0.4) / 4]]))
     revealed[0, 1, 2] = 3  # one pixel of region 1 already revealed -> region 1 not askable
-    scores = query.score_pool(strategy, [FixedModel(logits)], images, labels, revealed, regions, g, 4, 2).scores
+    scores = query.score_pool(strategy, [FixedModel(logits)], images, torch.from_numpy(labels), torch.from_numpy(revealed), regions, g, 4, 2).scores
     assert scores[0, 1] == -INF and torch.isfinite(scores[0, 0])
 
 
@@ -91,7 +91,7 @@ def test_score_pool_pixels_skip_void_and_asked_pixels():
     revealed = np.full((2, 2, 2), 255, np.uint8)
     revealed[1, 0, 0] = 0
     g = torch.Generator().manual_seed(0)
-    scores = query.score_pool(STRATEGIES["random"](OmegaConf.create({"name": "random"})), [], images, labels, revealed, regions, g, 1, 2).scores
+    scores = query.score_pool(STRATEGIES["random"](OmegaConf.create({"name": "random"})), [], images, torch.from_numpy(labels), torch.from_numpy(revealed), regions, g, 1, 2).scores
     assert torch.isfinite(scores).tolist() == [[True, False, True, True], [False, True, True, True]]
 
 

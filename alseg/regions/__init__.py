@@ -32,24 +32,19 @@ class Regions:
     def max_regions(self) -> int:
         return int(self.counts.max())
 
-    def to_device(self, device: torch.device) -> "Regions":
-        """Keep a copy of the maps on `device` for batch_maps (a view on the CPU; a map shared
-        by every image stays one map)."""
-        if self.maps is not None and self.device_maps is None:
+    def batch_maps(self, batch: slice, device: torch.device) -> torch.Tensor | None:
+        """Region maps of the images in `batch` as an int64 tensor on `device` (None for
+        pixels). All maps go to the device on the first call and stay there (a view on the
+        CPU; a map shared by every image stays one map), so no batch waits for a host copy."""
+        if self.maps is None:
+            return None
+        if self.device_maps is None:
             if self.maps.strides[0] == 0:  # box and image regions: one map broadcast to all images
                 one = torch.from_numpy(np.array(self.maps[0])).to(device)
                 self.device_maps = one.expand(len(self.maps), -1, -1)
             else:
                 self.device_maps = torch.from_numpy(self.maps).to(device)
-        return self
-
-    def batch_maps(self, batch: slice, device: torch.device) -> torch.Tensor | None:
-        """Region maps of the images in `batch` as an int64 tensor on `device` (None for pixels)."""
-        if self.maps is None:
-            return None
-        if self.device_maps is not None:
-            return self.device_maps[batch].to(device, torch.int64)
-        return torch.from_numpy(np.ascontiguousarray(self.maps[batch])).to(device, torch.int64)
+        return self.device_maps[batch].to(device, torch.int64)
 
 
 def _pixel(cfg, images: np.ndarray, cache_dir: str, key: dict) -> Regions:
