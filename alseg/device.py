@@ -32,3 +32,10 @@ def upload(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
     if device.type != "cuda":
         return tensor.to(device)
     return tensor.pin_memory().to(device, non_blocking=True)
+
+
+def device_generator(generator: torch.Generator, device: torch.device | str) -> torch.Generator:
+    """A generator on `device` seeded by one draw from the run's (CPU) `generator`: random
+    numbers are drawn where they are used, and still follow from the run's saved RNG state."""
+    seed = int(torch.randint(2**62, (1,), generator=generator))
+    return torch.Generator(device=device).manual_seed(seed)

@@ -18,9 +18,9 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from alseg import query
+from alseg import query, selection
 from alseg.data import load_dataset
-from alseg.device import resolve_device
+from alseg.device import device_generator, resolve_device
 from alseg.errors import AlsegError
 from alseg.metrics import iou_per_class, miou, pixel_accuracy
 from alseg.model import build_model, check_model
@@ -29,6 +29,7 @@ from alseg.overlay import save_query_overlay
 from alseg.pool import Pool, atomic_write, record_selection
 from alseg.regions import Regions, build_regions
 from alseg.strategies import STRATEGIES, build_strategy, check_strategy, strategy_class
+from alseg.selection import Budget, Selection
 from alseg.train import evaluate, train_cycle
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,13 @@ def check_config(cfg: DictConfig) -> None:
         if b.name == "per_image" and (int(b.initial) != b.initial or int(b.per_cycle) != b.per_cycle):
             raise AlsegError("budget=per_image counts regions per image: budget.initial and budget.per_cycle must be integers")
     kind = strategy_class(cfg.strategy)
+    strategy = kind(cfg.strategy)
+    mc = strategy.multi_pass and strategy.members == 1 or bool(cfg.strategy.get("mc"))
+    if mc and strategy.passes < 2:
+        raise AlsegError(f"strategy {cfg.strategy.name} compares stochastic passes: one pass cannot rank regions; "
+                         "set strategy.passes >= 2")
+    if mc and not cfg.model.get("_target_") and not cfg.model.get("dropout"):
+        raise AlsegError(f"strategy {cfg.strategy.name} samples MC dropout before the head: set model.dropout > 0 (e.g. 0.2)")
     if cfg.strategy.class_balance and not kind.needs_model:
         raise AlsegError("strategy.class_balance weights model scores by predicted class: use it with a model-based strategy, not random")
     top = cfg.strategy.top_percent
@@ -62,8 +70,12 @@ def check_config(cfg: DictConfig) -> None:
         raise AlsegError(f"strategy.aggregate must be mean, sum or max, got {cfg.strategy.aggregate!r}")
     if cfg.save_model not in ("last", "every", "never"):
         raise AlsegError(f"save_model must be last, every or never, got {cfg.save_model!r}")
-    if cfg.train.epochs < 1 or cfg.train.batch_size < 1:
-        raise AlsegError("train.epochs and train.batch_size must be >= 1")
+    t = cfg.train
+    if (t.get("epochs") is None) == (t.get("iterations") is None):
+        raise AlsegError("set exactly one of train.epochs (passes over the labelled images) and train.iterations "
+                         "(optimiser steps per cycle), e.g. train.epochs=null train.iterations=2000")
+    if (t.get("epochs") or t.get("iterations")) < 1 or t.batch_size < 1:
+        raise AlsegError("train.epochs (or train.iterations) and train.batch_size must be >= 1")
 
 
 class RunFiles:
@@ -206,39 +218,39 @@ def _run(cfg: DictConfig, files: RunFiles, rows: list[dict], start_cycle: int) -
         t0 = time.perf_counter()
         if cfg.budget.name == "full":
             pool.revealed[:] = np.where(data.train.labels == 255, NO_LABEL, data.train.labels)
-            chosen = (np.zeros(0, np.int64), np.zeros(0, np.int64))
+            chosen = Selection.empty()
             spent = float(regions.counts.sum() if costs is None else costs.sum().item())
             pool.regions += int(regions.counts.sum())
         else:
             chosen = _query(cycle, cfg, strategy, random_strategy, models, train_images, train_labels, pool, regions,
                             costs, generator, c)
-            if len(chosen[0]) == 0:
+            if len(chosen) == 0:
                 exhausted = f"the pool has no askable region left before cycle {cycle}; stopped after {cycle} cycles"
                 log.warning("warning: %s", exhausted)
                 break
-            spent = oracle.reveal(pool.revealed, *chosen)
-            pool.regions += len(chosen[0])
+            spent = oracle.reveal(pool.revealed, chosen.images, chosen.regions)
+            pool.regions += len(chosen)
         pool.clicks += spent
-        record_selection(files.state, cycle, *chosen)
+        record_selection(files.state, cycle, chosen.images, chosen.regions)
         query_s = time.perf_counter() - t0
         if cycle > 0:
-            log.info("  asked %d regions (%d clicks) in %.1fs", len(chosen[0]), spent, query_s)
+            log.info("  asked %d regions (%d clicks) in %.1fs", len(chosen), spent, query_s)
 
         t0 = time.perf_counter()
         for model, weights in zip(models, initial_weights):
             if cfg.train.reinit:
                 model.load_state_dict(weights)
-            train_cycle(model, train_images, pool.revealed, cfg.train, generator)
+            steps = train_cycle(model, train_images, pool.revealed, cfg.train, generator, cycle)
         train_s = time.perf_counter() - t0
         cm = evaluate(models[0], val_images, val_labels, c, cfg.train.eval_batch_size)
 
-        rows.append(_metrics_row(cycle, pool, data, cm, train_s, query_s))
+        rows.append(_metrics_row(cycle, pool, data, cm, steps, train_s, query_s))
         files.write_metrics(rows)
         files.save_state(cycle, pool, models, generator, rng)
         if cfg.save_model == "every":
             files.copy_model(cycle, files.out / "checkpoints" / f"cycle_{cycle:02d}.pt")
         save_query_overlay(files.out / "queries" / f"cycle_{cycle:02d}.png", data.train.images, pool.revealed,
-                           regions, chosen, data.palette, int(cfg.overlay_images))
+                           regions, (chosen.images, chosen.regions), data.palette, int(cfg.overlay_images))
         files.write_summary("running", rows)
         log.info("cycle %d/%d  clicks %d  mIoU %.2f  pixel acc %.2f  (train %.1fs, query %.1fs)",
                  cycle, cycles, pool.clicks, rows[-1]["miou"], rows[-1]["pixel_acc"], train_s, query_s)
@@ -273,21 +285,18 @@ def _check_member(model: torch.nn.Module, cfg: DictConfig, strategy, num_classes
 
 
 def _build_models(cfg: DictConfig, strategy, num_classes: int, device: torch.device) -> list[torch.nn.Module]:
-    """The model, with MC dropout before its head when the strategy needs stochastic passes,
-    or a committee of `strategy.members` models from different initialisations."""
-    if strategy.multi_pass and cfg.strategy.get("committee", "dropout") == "models":
-        members = int(cfg.strategy.members)
-        if members < 2:
-            raise AlsegError("strategy.committee=models needs strategy.members >= 2")
-        models = []
-        for m in range(members):
-            torch.manual_seed(int(cfg.seed) + 1000 * m)
-            models.append(build_model(cfg.model, num_classes).to(device))
-        return models
-    dropout = cfg.model.get("dropout") if strategy.passes > 1 else None
-    if strategy.passes > 1 and not dropout and not cfg.model.get("_target_"):
-        raise AlsegError(f"strategy {cfg.strategy.name} needs MC dropout: set model.dropout (e.g. 0.2)")
-    return [build_model(cfg.model, num_classes, dropout).to(device)]
+    """The model (the same network whatever the strategy: `model.dropout` is part of it), or a
+    committee of `strategy.members` models from different initialisations."""
+    members = strategy.members
+    if members == 1:
+        return [build_model(cfg.model, num_classes).to(device)]
+    if members < 2:
+        raise AlsegError("strategy.committee=models needs strategy.members >= 2")
+    models = []
+    for m in range(members):
+        torch.manual_seed(int(cfg.seed) + 1000 * m)
+        models.append(build_model(cfg.model, num_classes).to(device))
+    return models
 
 
 def _prepare_output(cfg: DictConfig, files: RunFiles, rows: list[dict]) -> int | None:
@@ -328,34 +337,19 @@ def _restore(files: RunFiles, cycle: int, pool: Pool, models, generator, rng, de
         model.load_state_dict(torch.load(folder / name, map_location=device))
 
 
-def _query(cycle, cfg, strategy, random_strategy, models, images, labels, pool, regions, costs, generator, num_classes):
+def _query(cycle, cfg, strategy, random_strategy, models, images, labels, pool, regions, costs, generator, num_classes) -> Selection:
     """Choose this cycle's regions: random in cycle 0, the strategy afterwards."""
     active = cycle > 0 and strategy.needs_model
-    s = cfg.strategy
-    scored = query.score_pool(
-        strategy if active else random_strategy, models if active else [], images, labels,
-        torch.from_numpy(pool.revealed).to(images.device),
-        regions, generator, cfg.train.eval_batch_size, num_classes, aggregate=s.aggregate,
-        exclude_void=s.exclude_void, class_balance=active and s.class_balance,
-        pixel_candidates=int(s.get("pixel_candidates", 1024)),
-    )
-    scores = scored.scores
-    if scored.classes is not None:
-        scores = query.balance_classes(scores, scored.classes, num_classes)
-    if cycle > 0 and s.top_percent is not None:
-        scores = query.sample_top_percent(scores, float(s.top_percent), generator)
+    chooser = strategy if active else random_strategy
+    revealed = torch.from_numpy(pool.revealed).to(images.device)
+    scored = query.score_pool(chooser, models if active else [], images, labels, revealed, regions, generator,
+                              cfg.train.eval_batch_size, num_classes)
     amount = cfg.budget.initial if cycle == 0 else cfg.budget.per_cycle
-    per_image = cfg.budget.name == "per_image"
-    if active and strategy.uses_embeddings:
-        scored.scores = scores
-        multiple = s.get("candidates") if s.name == "hybrid" else None
-        scores = query.diverse_scores(scored, int(amount) if per_image else None, None if per_image else math.ceil(amount), multiple)
-    if per_image:
-        return query.select_per_image(scores, int(amount))
-    return query.select_by_clicks(scores, costs, float(amount))
+    budget = Budget(float(amount), cfg.budget.name == "per_image", costs)
+    return selection.choose(chooser, scored, budget, device_generator(generator, images.device), num_classes)
 
 
-def _metrics_row(cycle: int, pool: Pool, data, cm: np.ndarray, train_s: float, query_s: float) -> dict:
+def _metrics_row(cycle: int, pool: Pool, data, cm: np.ndarray, train_steps: int, train_s: float, query_s: float) -> dict:
     labelled = int(pool.labelled_mask().sum())
     row = {
         "cycle": cycle,
@@ -366,6 +360,7 @@ def _metrics_row(cycle: int, pool: Pool, data, cm: np.ndarray, train_s: float, q
         "miou": miou(cm),
         "pixel_acc": pixel_accuracy(cm),
         "label_noise": pool.label_noise(data.train.labels),
+        "train_steps": train_steps,
         "train_s": round(train_s, 3),
         "query_s": round(query_s, 3),
     }

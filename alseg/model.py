@@ -4,6 +4,10 @@ A model maps normalised images [B, 3, H, W] to logits [B, C, H, W]. alseg's own 
 expose `features(x)` (the decoder's last feature map) and `head(features, size)`, so that
 MC-dropout passes re-run only the head and core-set strategies get embeddings; any other
 `torch.nn.Module` works too (every pass then runs the whole model).
+
+`model.dropout` puts a Dropout2d before the head of every run's model, whatever the strategy,
+so that every strategy of an experiment trains the same network; MC strategies also sample it
+while scoring (`mc_passes`).
 """
 from __future__ import annotations
 
@@ -46,7 +50,7 @@ def autocast(device: torch.device) -> torch.autocast:
 
 
 class Segmenter(torch.nn.Module):
-    """An smp model split into features and head, with optional dropout before the head.
+    """An smp model split into features and head, with optional Dropout2d before the head.
 
     The input is padded (reflect) to a multiple of the network's stride and the logits are
     cropped back, so any working size runs without distorting images or labels.
@@ -74,9 +78,9 @@ class Segmenter(torch.nn.Module):
         return self.head(self.features(x), x.shape[-2:])
 
 
-def build_model(cfg, num_classes: int, dropout: float | None = None) -> torch.nn.Module:
-    """The `model` config group as a Segmenter; `dropout` adds MC dropout before the head.
-    With `model._target_`, a user's factory `target(num_classes=C, **model.kwargs)` instead."""
+def build_model(cfg, num_classes: int) -> torch.nn.Module:
+    """The `model` config group as a Segmenter (`model.dropout` before the head, 0 or null for
+    none). With `model._target_`, a user's factory `target(num_classes=C, **model.kwargs)`."""
     import segmentation_models_pytorch as smp
 
     if cfg.get("_target_"):
@@ -99,7 +103,7 @@ def build_model(cfg, num_classes: int, dropout: float | None = None) -> torch.nn
     if local:
         load_encoder_weights(net.encoder, str(weights))
     depth = int(kwargs.get("encoder_depth", 5))
-    return Segmenter(net, 2**depth, dropout)
+    return Segmenter(net, 2**depth, cfg.get("dropout"))
 
 
 def build_custom_model(cfg, num_classes: int) -> torch.nn.Module:
@@ -162,7 +166,38 @@ def load_encoder_weights(encoder: torch.nn.Module, path: str) -> None:
 
 def enable_dropout(model: torch.nn.Module) -> int:
     """Put only the dropout layers in training mode (batch norm stays in eval); returns how many."""
-    layers = [m for m in model.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd)]
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0]
     for m in layers:
         m.train()
     return len(layers)
+
+
+def is_split(model: torch.nn.Module) -> bool:
+    """The model exposes `features(x)` and `head(features, size)`."""
+    return hasattr(model, "features") and hasattr(model, "head")
+
+
+def mc_passes(model: torch.nn.Module, x: torch.Tensor, passes: int, scope: str, keep_features: bool = False):
+    """(features or None, an iterator of `passes` logits), MC dropout when `passes` > 1.
+
+    scope `head`: the features come from one pass in eval mode (the decoder's own dropout
+    layers stay off, so every pass sees the same features) and only the head re-runs, its
+    dropout sampled; a model without features/head runs whole. scope `full`: every pass re-runs
+    the whole network with all dropout layers sampled (PixelPick's code); kept features come
+    from an eval pass. One pass is deterministic (eval mode).
+    """
+    model.eval()
+    size = x.shape[-2:]
+    head_only = is_split(model) and (scope == "head" or passes == 1)
+    features = model.features(x) if is_split(model) and (head_only or keep_features) else None
+    if passes > 1:
+        sampled = enable_dropout(model)
+        if head_only and isinstance(getattr(model, "dropout", None), torch.nn.Identity):
+            sampled = 0  # alseg's Segmenter without model.dropout: nothing stochastic after the features
+        if sampled == 0:
+            raise AlsegError(f"{passes} MC-dropout passes need dropout before the head, but {type(model).__name__} "
+                             "has none: set model.dropout (e.g. 0.2), or strategy.mc_scope=full for a model whose "
+                             "own dropout layers should be sampled")
+    if head_only:
+        return features, (model.head(features, size) for _ in range(passes))
+    return features, (model(x) for _ in range(passes))

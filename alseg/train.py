@@ -31,40 +31,64 @@ def train_cycle(
     revealed: np.ndarray,
     cfg,
     generator: torch.Generator,
-) -> float:
-    """Train `model` for `cfg.epochs` epochs with cross-entropy on revealed pixels only,
-    over the images that have any; returns the last epoch's mean loss."""
+    cycle: int = 0,
+) -> int:
+    """Train `model` with cross-entropy on revealed pixels only, over the images that have any:
+    `cfg.epochs` passes over them, or exactly `cfg.iterations` optimiser steps (batches drawn
+    from them, so that every strategy trains equally long). Returns the steps taken; a loss
+    that is not finite stops the run (training diverged)."""
     device = images.device
     targets = trainable_targets(revealed, device)
     labelled = torch.nonzero((targets != IGNORE).flatten(1).any(dim=1)).flatten().cpu()
     if len(labelled) == 0:
         raise ValueError("no labelled pixels to train on")
+    batches, per_epoch = _batches(labelled, cfg, generator)
     optimiser = make_optimiser(model, cfg)
-    steps = cfg.epochs * math.ceil(len(labelled) / cfg.batch_size)
-    schedule = make_schedule(optimiser, cfg, steps)
+    schedule = make_schedule(optimiser, cfg, len(batches), per_epoch)
     precision = autocast(device)
     scaler = torch.amp.GradScaler(enabled=precision.fast_dtype == torch.float16 and device.type == "cuda")
     model.train()
     start = time.perf_counter()
-    for epoch in range(cfg.epochs):
-        order = upload(labelled[torch.randperm(len(labelled), generator=generator)], device)
-        total, batches = torch.zeros((), device=device), 0
-        for chunk in order.split(cfg.batch_size):
-            if len(chunk) == 1 < len(order):
-                continue  # batch norm cannot train on a batch of one (DeepLabV3+'s image pooling)
-            x, y = augment(images[chunk].permute(0, 3, 1, 2).float(), targets[chunk], cfg.augment, generator)
-            x = normalise(x)
-            with precision:
-                loss = F.cross_entropy(model(x).float(), y.long(), ignore_index=IGNORE)
-            optimiser.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimiser)
-            scaler.update()
-            schedule.step()
-            total, batches = total + loss.detach(), batches + 1
-        if (epoch + 1) % max(1, cfg.epochs // 5) == 0 or epoch + 1 == cfg.epochs:
-            log.info("  epoch %d/%d  loss %.3f  (%.1fs)", epoch + 1, cfg.epochs, total.item() / batches, time.perf_counter() - start)
-    return total.item() / batches
+    report = max(1, len(batches) // 5)
+    total, count = torch.zeros((), device=device), 0
+    on_device = upload(torch.cat(batches), device).split([len(b) for b in batches])  # one copy, not one per step
+    for step, chunk in enumerate(on_device, start=1):
+        x, y = augment(images[chunk].permute(0, 3, 1, 2).float(), targets[chunk], cfg.augment, generator)
+        with precision:
+            loss = F.cross_entropy(model(normalise(x)).float(), y.long(), ignore_index=IGNORE)
+        optimiser.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimiser)
+        scaler.update()
+        schedule.step()
+        total, count = total + loss.detach(), count + 1
+        if step % report == 0 or step == len(batches):
+            mean = total.item() / count  # one sync per report, not per step
+            if not math.isfinite(mean):
+                raise AlsegError(f"training diverged in cycle {cycle}: the loss became {mean} by step {step} of "
+                                 f"{len(batches)}; lower train.lr (now {cfg.lr})")
+            log.info("  step %d/%d (epoch %.1f)  loss %.3f  (%.1fs)", step, len(batches), step / per_epoch, mean,
+                     time.perf_counter() - start)
+            total, count = torch.zeros((), device=device), 0
+    return len(batches)
+
+
+def _batches(labelled: torch.Tensor, cfg, generator: torch.Generator) -> tuple[list[torch.Tensor], int]:
+    """The batches of image indices of one cycle, and the batches per epoch. With
+    `cfg.iterations`, that many full batches cut from consecutive random orders of the
+    labelled images (an image repeats within a batch only when fewer than a batch hold labels).
+    With `cfg.epochs`, each epoch one random order cut into batches; a last batch of one image
+    is dropped, as batch norm cannot train on it (DeepLabV3+'s image pooling)."""
+    n, size = len(labelled), int(cfg.batch_size)
+    if cfg.get("iterations"):
+        steps = int(cfg.iterations)
+        orders = torch.rand(math.ceil(steps * size / n), n, generator=generator).argsort(dim=1)
+        return list(labelled[orders.flatten()][: steps * size].view(steps, size)), max(1, math.ceil(n / size))
+    batches = []
+    for _ in range(int(cfg.epochs)):
+        chunks = labelled[torch.randperm(n, generator=generator)].split(size)
+        batches += [c for c in chunks if len(c) > 1 or n == 1]
+    return batches, max(1, len(batches) // int(cfg.epochs))
 
 
 def make_optimiser(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
@@ -82,10 +106,10 @@ def make_optimiser(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
     raise AlsegError(f"train.optimizer must be adam or sgd, got {cfg.optimizer!r}")
 
 
-def make_schedule(optimiser: torch.optim.Optimizer, cfg, steps: int):
-    """`train.schedule`: constant | step (x gamma at the epochs in train.milestones, scaled
-    to steps) | poly ((1 - step/steps) ** 0.9)."""
-    per_epoch = max(1, steps // cfg.epochs)
+def make_schedule(optimiser: torch.optim.Optimizer, cfg, steps: int, per_epoch: int):
+    """`train.schedule`: constant | step (x gamma at train.milestones: epochs, scaled by the
+    batches per epoch, or steps when train.iterations is set) | poly ((1 - step/steps) ** 0.9)."""
+    per_epoch = 1 if cfg.get("iterations") else per_epoch
     if cfg.schedule == "constant":
         return torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: 1.0)
     if cfg.schedule == "step":

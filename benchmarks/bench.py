@@ -2,7 +2,7 @@
 
 On real CamVid (../shared/data/camvid or --root): data loading from the cache vs decoding the
 PNGs; a training epoch through alseg vs bare forward+backward+step on tensors already in
-memory; scoring the pool (scores, region reduction, selection) vs a bare forward pass over
+memory; scoring the pool (scores, region reduction, selection; top-k and power sampling) vs a bare forward pass over
 the same pool; SEEDS build time per image; memory of the labelled state for a
 Cityscapes-sized pool. Writes outputs/bench/bench.json and prints a table.
 """
@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from hydra import compose, initialize_config_module
 
-from alseg import query
+from alseg import query, selection
 from alseg.data import decode_split, load_split
-from alseg.device import resolve_device
+from alseg.device import device_generator, resolve_device
 from alseg.model import autocast, build_model, to_input
 from alseg.pool import Pool
 from alseg.regions import build_regions
@@ -113,11 +113,9 @@ def scoring_pair(cfg, strategy_overrides, model, images, labels, regions, device
 
     def alseg():
         scored = query.score_pool(strategy, [model], images, device_labels, torch.from_numpy(revealed).to(device),
-                                  regions, generator, cfg.train.eval_batch_size, 11, aggregate="mean", exclude_void=True)
-        if regions.maps is None:
-            query.select_per_image(scored.scores, 10)
-        else:
-            query.select_by_clicks(scored.scores, None, budget)
+                                  regions, generator, cfg.train.eval_batch_size, 11)
+        amount = selection.Budget(10.0, True) if regions.maps is None else selection.Budget(float(budget), False)
+        selection.choose(strategy, scored, amount, device_generator(generator, device), 11)
 
     inputs = [to_input(images[i : i + cfg.train.eval_batch_size]) for i in range(0, n, cfg.train.eval_batch_size)]
 
@@ -202,7 +200,7 @@ def main() -> None:
         print("SEEDS skipped: this OpenCV has no cv2.ximgproc (install opencv-contrib-python-headless)")
     pixels = build_regions(compose_cfg(args).region, train.images[:count], args.cache_dir, {})
 
-    model = build_model(cfg.model, 11, dropout=0.2).to(device)
+    model = build_model(cfg.model, 11).to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
     alseg, bare = train_pair(cfg, model, images, labels, device)
@@ -211,7 +209,8 @@ def main() -> None:
     if args.profile:
         profile(alseg, bare, device)
     budget = 10 * count
-    scorings = [("margin_pixel", ["strategy=margin"], pixels)]
+    scorings = [("margin_pixel", ["strategy=margin"], pixels),
+                ("power_margin_pixel", ["strategy=margin", "strategy.sampling=power"], pixels)]
     if seeds is not None:
         scorings += [("margin_seeds", ["strategy=margin"], seeds), ("bald8_seeds", ["strategy=bald", "strategy.passes=8"], seeds)]
     for name, overrides, regions in scorings:

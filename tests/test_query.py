@@ -1,10 +1,11 @@
 import math
+from dataclasses import astuple
 
 import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from alseg import query
+from alseg import query, selection
 from alseg.regions import Regions
 from alseg.strategies import STRATEGIES
 
@@ -13,14 +14,14 @@ INF = math.inf
 
 def test_select_per_image_takes_the_k_best_askable_regions():
     scores = torch.tensor([[0.1, 0.9, -INF, 0.5], [-INF, -INF, 0.2, -INF]])
-    images, regions = query.select_per_image(scores, 2)
+    images, regions = astuple(selection.select_per_image(scores, 2))
     assert sorted(zip(images.tolist(), regions.tolist())) == [(0, 1), (0, 3), (1, 2)]
 
 
 def test_select_by_clicks_stops_once_the_budget_is_reached():
     scores = torch.tensor([[0.9, 0.8, 0.7, 0.6, -INF]])
     costs = torch.tensor([[3.0, 4.0, 5.0, 1.0, 1.0]])
-    images, regions = query.select_by_clicks(scores, costs, budget=8)
+    images, regions = astuple(selection.select_by_clicks(scores, costs, budget=8))
     # 3 -> 7 (< 8, so one more) -> 12: overshoots by less than one region's cost, then stops
     assert regions.tolist() == [0, 1, 2]
     spent = costs[0, regions].sum().item()
@@ -29,7 +30,7 @@ def test_select_by_clicks_stops_once_the_budget_is_reached():
 
 def test_select_by_clicks_with_unit_costs_is_exact():
     scores = torch.rand(3, 50)
-    images, regions = query.select_by_clicks(scores, None, budget=20)
+    images, regions = astuple(selection.select_by_clicks(scores, None, budget=20))
     assert len(images) == 20
     chosen = set(zip(images.tolist(), regions.tolist()))
     order = scores.flatten().argsort(descending=True)[:20]
@@ -39,7 +40,7 @@ def test_select_by_clicks_with_unit_costs_is_exact():
 def test_balance_classes_weights_by_exp_of_class_share():
     scores = torch.tensor([[1.0, 3.0, 5.0, -INF]])
     classes = torch.tensor([[0, 0, 1, 1]])
-    out = query.balance_classes(scores, classes, 2)
+    out = selection.balance_classes(scores, classes, 2)
     # normalised 0, 0.5, 1; class 0 predicted for 2 of 3 askable regions, class 1 for 1 of 3
     expected = torch.tensor([0.0, 0.5 * math.exp(-2 / 3), 1.0 * math.exp(-1 / 3)])
     assert torch.allclose(out[0, :3], expected)
@@ -50,7 +51,7 @@ def test_top_percent_samples_only_among_each_images_most_informative():
     g = torch.Generator().manual_seed(0)
     scores = torch.arange(200, dtype=torch.float32).view(2, 100)
     scores[1, 50:] = -INF  # image 1 has 50 askable regions: its top 10% is 5 regions
-    out = query.sample_top_percent(scores, 0.1, g)
+    out = selection.sample_top_percent(scores, 0.1, g)
     assert torch.isfinite(out[0]).nonzero().flatten().tolist() == list(range(90, 100))
     assert torch.isfinite(out[1]).nonzero().flatten().tolist() == list(range(45, 50))
 
@@ -99,7 +100,7 @@ def test_k_center_picks_the_point_farthest_from_the_labelled_set_then_from_the_p
     emb = torch.tensor([[[0.0, 0.0], [1.0, 0.0], [10.0, 0.0], [9.0, 0.0], [5.0, 5.0]]])
     valid = torch.tensor([[False, True, True, True, True]])  # point 0 is already labelled
     labelled = torch.tensor([[[0.0, 0.0]]])
-    picks = query.k_center(emb, valid, labelled, torch.tensor([[True]]), 3)
+    picks = selection.k_center(emb, valid, labelled, torch.tensor([[True]]), 3)
     # farthest from 0: point 2 (10); then farthest from {0, 2}: point 4 (5,5: 7.07 vs 5.83...)
     assert picks.tolist() == [[2, 4, 1]]
 

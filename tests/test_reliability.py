@@ -88,7 +88,7 @@ def test_unreachable_pretrained_weights_say_how_to_use_a_local_file(make_cfg, mo
 
 @pytest.mark.parametrize("overrides,message", [
     (["strategy=coreset", "budget=clicks"], "use budget=per_image"),
-    (["strategy=bald", "model.dropout=null"], "needs MC dropout"),
+    (["strategy=bald", "model.dropout=null"], "model.dropout"),
     (["strategy=random", "strategy.class_balance=true"], "model-based strategy"),
     (["strategy=margin", "strategy.aggregate=median"], "mean, sum or max"),
     (["device=tpu"], "device must be"),

@@ -42,7 +42,7 @@ def test_encoder_learning_rate_and_step_schedule():
     opt = make_optimiser(model, cfg)
     assert [g["lr"] for g in opt.param_groups] == [1e-3, 1e-4]
     assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
-    schedule = make_schedule(opt, cfg, steps=8)  # 2 steps per epoch: decay after step 4
+    schedule = make_schedule(opt, cfg, steps=8, per_epoch=2)  # 2 steps per epoch: decay after step 4
     lrs = []
     for _ in range(6):
         lrs.append(opt.param_groups[0]["lr"])

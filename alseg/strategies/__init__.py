@@ -2,7 +2,7 @@
 
 A strategy turns the model's class probabilities into a per-pixel informativeness score
 (higher = ask sooner). Region aggregation, modifiers and budget filling are shared by all
-strategies (alseg.query), so adding one is one class and one YAML file. A user's own class
+strategies (alseg.query, alseg.selection), so adding one is one class and one YAML file. A user's own class
 is loaded with `strategy=custom strategy._target_=my_pkg.MyStrategy` (see docs/extending.md).
 """
 from __future__ import annotations
@@ -48,6 +48,18 @@ class Strategy:
         if not mc or self.cfg.get("committee", "dropout") == "models":
             return 1
         return int(self.cfg.get("passes", 1))
+
+    @property
+    def mc_scope(self) -> str:
+        """`head`: MC passes sample only the dropout before the head; `full`: the whole network."""
+        return str(self.cfg.get("mc_scope", "head"))
+
+    @property
+    def members(self) -> int:
+        """Models to train: `strategy.members` for a committee of models, else 1."""
+        if self.multi_pass and self.cfg.get("committee", "dropout") == "models":
+            return int(self.cfg.members)
+        return 1
 
     def pixel_scores(self, probs: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} must implement pixel_scores(probs) -> [B, H, W]")
@@ -141,7 +153,8 @@ class VoteEntropy(Strategy):
 
 class KLConsensus(Strategy):
     """Query by committee: mean_m KL(p_m || mean p), accumulated as
-    mean_m sum_c p_m log p_m - sum_c pbar log pbar (the same sum, without storing the passes)."""
+    mean_m sum_c p_m log p_m - sum_c pbar log pbar (the same sum, without storing the passes).
+    That sum is H[mean p] - mean H[p_m]: with committee=dropout it equals BALD exactly."""
 
     multi_pass = True
 
@@ -154,13 +167,14 @@ class KLConsensus(Strategy):
 
 class Coreset(Strategy):
     """Greedy k-center in the decoder's feature space: repeatedly take the askable region
-    farthest from everything labelled or already chosen (alseg.query.k_center). Its scores
-    are random: for pixel regions they pick the random candidate pixels of each image."""
+    farthest from everything labelled or already chosen (alseg.selection.k_center). Its scores
+    are all equal, so for pixel regions the candidate pixels of each image are drawn at random
+    (ties are broken from the run's generator)."""
 
     uses_embeddings = True
 
     def pixel_scores(self, probs):
-        return torch.rand_like(probs[:, 0])
+        return torch.zeros_like(probs[:, 0])
 
 
 class Hybrid(Strategy):
