@@ -3,9 +3,9 @@ import pytest
 from hydra import compose, initialize_config_module
 
 
-def protocol(name):
+def protocol(name, *overrides):
     with initialize_config_module(config_module="alseg.conf", version_base="1.3"):
-        return compose(config_name="config", overrides=[f"experiment={name}"])
+        return compose(config_name="config", overrides=[f"experiment={name}", *overrides])
 
 
 @pytest.mark.parametrize("name,dataset,size,cycles", [
@@ -47,6 +47,13 @@ def test_cai(name, dataset, clicks):
     assert (b.name, b.initial, b.per_cycle, b.cycles) == ("clicks", clicks, clicks, 4)
     assert (cfg.model.arch, cfg.model.encoder, cfg.model.encoder_weights) == ("DeepLabV3Plus", "tu-xception65", "imagenet")
     assert cfg.train.reinit
+    # a fixed number of steps per cycle, as Cai's code trains: every strategy trains equally long
+    assert cfg.train.epochs is None and cfg.train.iterations == {"cityscapes": 60000, "voc": 30000}[dataset]
+
+
+def test_cai_rectangles_keep_the_papers_area_at_half_resolution():
+    cfg = protocol("cai_cityscapes", "region=box", "annotation=precise")
+    assert list(cfg.dataset.size) == [512, 1024] and cfg.region.size == 16  # 32x32 at 1024x2048
 
 
 def test_cpu_camvid_keeps_the_structure_at_a_small_size():
