@@ -6,13 +6,10 @@ import math
 from pathlib import Path
 
 import cv2
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure  # no pyplot: drawing files leaves the global backend alone
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from alseg.regions import Regions  # noqa: E402
+from alseg.regions import Regions
 
 OUTLINE = np.array([1.0, 0.9, 0.0])  # yellow: stands out from the dimmed image and the palettes
 PANEL_INCHES, DPI = 3.0, 100
@@ -46,7 +43,8 @@ def save_query_overlay(
         return
     h, w = images.shape[1:3]
     colours = np.vstack([palette, np.full((256 - len(palette), 3), 255, np.uint8)])
-    fig, axes = plt.subplots(1, show, figsize=(PANEL_INCHES * show, PANEL_INCHES * h / w + 0.4), squeeze=False)
+    fig = Figure(figsize=(PANEL_INCHES * show, PANEL_INCHES * h / w + 0.4))
+    axes = fig.subplots(1, show, squeeze=False)
     # the panel shows the image at about PANEL_INCHES * DPI pixels: thicken outlines to match
     thickness = max(1, math.ceil(w / (PANEL_INCHES * DPI)))
     for ax, i in zip(axes[0], range(show)):
@@ -70,4 +68,3 @@ def save_query_overlay(
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI)
-    plt.close(fig)

@@ -11,7 +11,7 @@ from alseg.errors import AlsegError
 from alseg.regions.build import cached_maps, dense_ids, require_ximgproc
 from alseg.regions.seeds import superpixel_count
 
-ALGORITHMS = {"slic": cv2.ximgproc.SLIC, "slico": cv2.ximgproc.SLICO, "mslic": cv2.ximgproc.MSLIC}
+ALGORITHMS = ("slic", "slico", "mslic")  # cv2.ximgproc.SLIC, SLICO, MSLIC (looked up once ximgproc is known to exist)
 COLOR_SPACES = {"lab": cv2.COLOR_RGB2Lab, "hsv": cv2.COLOR_RGB2HSV, "rgb": None}
 VERSION = 1  # bump when the maps an unchanged config gives change
 
@@ -30,12 +30,11 @@ def slic_map(image: np.ndarray, cfg, size: int) -> np.ndarray:
     """SLIC labels (int32 [H, W], ids 0..n-1 without gaps) of one RGB image: a 3x3 Gaussian
     blur and the colour space conversion OpenCV recommends, `iterations` steps, then
     connectivity enforcement (segments under `min_element_size`% of a region merge)."""
-    require_ximgproc("slic")
     if cfg.blur:
         image = cv2.GaussianBlur(image, (3, 3), 0)
     code = COLOR_SPACES[cfg.color_space]
     converted = image if code is None else cv2.cvtColor(image, code)
-    slic = cv2.ximgproc.createSuperpixelSLIC(converted, ALGORITHMS[cfg.algorithm], size, float(cfg.ruler))
+    slic = cv2.ximgproc.createSuperpixelSLIC(converted, getattr(cv2.ximgproc, cfg.algorithm.upper()), size, float(cfg.ruler))
     slic.iterate(int(cfg.iterations))
     if cfg.min_element_size is not None and cfg.min_element_size > 0:
         slic.enforceLabelConnectivity(int(cfg.min_element_size))
@@ -46,6 +45,7 @@ def slic_regions(cfg, images: np.ndarray, cache_dir: str, key: dict):
     """Region maps of every image, computed once per (data, size, parameters) and cached."""
     from alseg.regions import Regions
 
+    require_ximgproc("slic")
     if cfg.algorithm not in ALGORITHMS:
         raise AlsegError(f"region.algorithm must be one of {', '.join(ALGORITHMS)}, got {cfg.algorithm!r}")
     if cfg.color_space not in COLOR_SPACES:
