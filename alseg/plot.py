@@ -4,15 +4,19 @@ Usage::
 
     alseg plot PATH [PATH ...] [--out DIR] [--group-by k1,k2]
                [--x clicks|labelled_fraction|pixels_per_image] [--logx] [--full PATH]
+               [--include-incomplete]
 
-Every ``metrics.csv`` below the PATHs is one run.  Runs are grouped by the
-config keys that differ between them (or by ``--group-by``) and averaged over
-seeds.  A fully supervised run (``budget=full``) found below the PATHs or under
-``--full`` gives the reference lines and ``clicks_to_95``.
+Every ``metrics.csv`` below the PATHs is one run; runs that are not completed
+(unless ``--include-incomplete``) or whose files do not parse are left out, one
+line each saying why.  Runs are grouped by the config keys that differ between
+them (or by ``--group-by``) and averaged over seeds.  A fully supervised run
+(``budget=full``) found below the PATHs or under ``--full`` gives the reference
+lines and ``clicks_to_95``.
 
 Table columns: ``miou@<x>`` when every run has the same x at each cycle;
 otherwise ``cycle_<k>`` with cells ``mean ± std @ mean x``.  Cells hold the
-mean ± std of mIoU over the group's runs (std with ddof=1, 0 for one run).
+mean ± std of mIoU over the group's runs (std with ddof=1, 0 for one run) and
+``(n=k)`` where fewer runs than the group's n reached that cycle.
 ``auc`` is the mean ± std over runs of the normalised AUC (mean mIoU over the
 x range), ``clicks_to_95`` the clicks at which the group's mean curve reaches
 95% of full supervision.
@@ -21,6 +25,7 @@ x range), ``clicks_to_95`` the clicks at which the group's mean curve reaches
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -29,9 +34,10 @@ import pandas as pd
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
+from alseg.errors import AlsegError
 from alseg.results import (
     aggregate, auc, clicks_to, config_columns, differing_keys, full_reference,
-    group_label, groups, is_full, load_runs,
+    group_label, groups, is_full, scan_runs,
 )
 
 X_LABELS = {
@@ -54,6 +60,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--logx", action="store_true", help="logarithmic x axis")
     parser.add_argument("--full", action="append", default=[], metavar="PATH",
                         help="where to find the fully supervised reference run")
+    parser.add_argument("--include-incomplete", action="store_true",
+                        help="also use runs that did not complete (running, failed, interrupted): "
+                             "the cycles they finished")
     return parser.parse_args(argv)
 
 
@@ -61,11 +70,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def resolve_keys(df: pd.DataFrame, names: str) -> list[str]:
     """``"strategy,budget.per_cycle"`` -> ``["strategy.name", "budget.per_cycle"]``."""
-    keys = []
+    known, keys = config_columns(df), []
     for name in filter(None, (n.strip() for n in names.split(","))):
-        key = name if name in df else f"{name}.name"
-        if key not in df:
-            raise KeyError(f"unknown --group-by key {name!r}; known: {', '.join(config_columns(df))}")
+        key = name if name in known else f"{name}.name"
+        if key not in known:
+            raise AlsegError(f"unknown --group-by key {name!r}; known: {', '.join(known)}")
         keys.append(key)
     return keys
 
@@ -107,15 +116,23 @@ def shared_x(al: pd.DataFrame, x: str) -> bool:
     return bool(np.allclose(spread["min"], spread["max"]))
 
 
+def x_text(value: float) -> str:
+    """A budget as tables write it: ``1200``, ``36``, ``0.025``."""
+    return f"{value:.0f}" if value >= 100 else f"{value:.4g}"
+
+
 def cycle_cells(al: pd.DataFrame, x: str) -> pd.DataFrame:
-    """One row per group, one ``miou@<x>`` or ``cycle_<k>`` column per cycle."""
+    """One row per group, one ``miou@<x>`` or ``cycle_<k>`` column per cycle; a cell says
+    ``(n=k)`` when fewer of the group's runs reached that cycle (incomplete runs)."""
     stats = cycle_stats(al, x)
+    runs = al.groupby("group")["run_dir"].nunique()
+    stats["cell"] = [fmt(r.mean, r.std, r.n) + ("" if r.n == runs[r.group] else f" (n={r.n})")
+                     for r in stats.itertuples()]
     if shared_x(al, x):
-        stats["column"] = [f"miou@{v:.0f}" if v >= 100 else f"miou@{v:.4g}" for v in stats["x"]]
-        stats["cell"] = [fmt(r.mean, r.std, r.n) for r in stats.itertuples()]
+        stats["column"] = [f"miou@{x_text(v)}" for v in stats["x"]]
     else:
         stats["column"] = [f"cycle_{c}" for c in stats["cycle"]]
-        stats["cell"] = [f"{fmt(r.mean, r.std, r.n)} @ {r.x:.4g}" for r in stats.itertuples()]
+        stats["cell"] = [f"{cell} @ {v:.4g}" for cell, v in zip(stats["cell"], stats["x"])]
     columns = list(dict.fromkeys(stats.sort_values("cycle")["column"]))
     return stats.pivot(index="group", columns="column", values="cell")[columns].fillna("")
 
@@ -268,26 +285,22 @@ def plot_revealed(al: pd.DataFrame, out: Path) -> list[Path]:
 
 # --------------------------------------------------------------------------- main
 
-def main(argv: list[str] | None = None) -> int:
-    """Run ``alseg plot``; returns the exit code (2 when no usable run is found)."""
-    args = parse_args(argv)
-    found = load_runs(*args.paths)
-    al = found[~is_full(found)]
-    if al.empty:
-        print(f"alseg plot: no usable runs found under: {', '.join(args.paths)}", file=sys.stderr)
-        return 2
-    try:
-        keys = resolve_keys(al, args.group_by) if args.group_by else differing_keys(al)
-    except KeyError as err:
-        print(f"alseg plot: {err.args[0]}", file=sys.stderr)
-        return 2
-    al = label_groups(al, keys)
-    both = pd.concat([found, load_runs(*args.full)], ignore_index=True) if args.full else found
-    full = reference_runs(al, both[is_full(both)].drop_duplicates(["run_dir", "cycle"]))
-    ref = full_reference(full)
-
+def output_dir(args: argparse.Namespace) -> Path:
+    """--out (default: the first PATH when it is a folder), created; AlsegError when it cannot be."""
     out = args.out or (Path(args.paths[0]) if Path(args.paths[0]).is_dir() else Path("."))
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise AlsegError(f"--out {out} is a file, not a folder: give a folder to write the plots into")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise AlsegError(f"cannot create the --out folder {out} ({err.strerror}): give another --out") from None
+    if not os.access(out, os.W_OK):
+        raise AlsegError(f"cannot write into the --out folder {out}: give another --out")
+    return out
+
+
+def write_plots(al: pd.DataFrame, full: pd.DataFrame, ref: float | None, args, out: Path) -> list[Path]:
+    """curves, table, per-class and revealed-class files of the AL runs ``al``."""
     written = plot_curves(al, args.x, ref, args.logx, out)
     written += write_tables(summary_table(al, args.x, ref), ref, out)
     if any(c.startswith("iou_") for c in al.columns):
@@ -295,7 +308,44 @@ def main(argv: list[str] | None = None) -> int:
         written += write_per_class(per_class, out) + plot_per_class(per_class, out)
     if any(c.startswith("revealed_") for c in al.columns):
         written += plot_revealed(al, out)
-    print(f"alseg plot: {al['run_dir'].nunique()} runs in {al['group'].nunique()} groups"
+    return written
+
+
+def plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def make_plots(args: argparse.Namespace) -> None:
+    """Load and group the runs, then write every file; AlsegError for user errors."""
+    found, skipped = scan_runs(*args.paths, include_incomplete=args.include_incomplete)
+    extra, extra_skipped = scan_runs(*args.full, include_incomplete=args.include_incomplete)
+    skipped += extra_skipped
+    for line in skipped:
+        print(f"alseg plot: left out {line}")
+    al = found[~is_full(found)]
+    if al.empty:
+        raise AlsegError(f"no usable runs found under: {', '.join(args.paths)}; give folders that "
+                         "hold completed runs (metrics.csv and summary.json)")
+    keys = resolve_keys(al, args.group_by) if args.group_by else differing_keys(al)
+    al = label_groups(al, keys)
+    both = pd.concat([found, extra], ignore_index=True) if len(extra) else found
+    full = reference_runs(al, both[is_full(both)].drop_duplicates(["run_dir", "cycle"]))
+    ref = full_reference(full)
+    out = output_dir(args)
+
+    print(f"alseg plot: {plural(al['run_dir'].nunique(), 'run')} in {plural(al['group'].nunique(), 'group')}"
+          + (f" ({len(skipped)} left out, see above)" if skipped else "")
           + (f", full supervision {ref:.1f} mIoU" if ref is not None else ", no full-supervision reference"))
+    written = write_plots(al, full, ref, args, out)
     print("wrote:\n" + "\n".join(f"  {p}" for p in written))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``alseg plot``; returns the exit code (2, after one line on stderr, for a user error)."""
+    args = parse_args(argv)
+    try:
+        make_plots(args)
+    except AlsegError as err:
+        print(f"alseg plot: {err}", file=sys.stderr)
+        return 2
     return 0
