@@ -1,4 +1,4 @@
-"""Load finished runs and summarise them: groups, mean/std over seeds, AUC.
+"""Load finished runs and summarise them: groups, mean/std over seeds, AUC, paired tests.
 
 Every run directory holds ``metrics.csv`` (one row per AL cycle) and
 ``summary.json`` (status and the full resolved config).  This module turns any
@@ -6,7 +6,7 @@ number of such directories, or folders above them, into one table.
 
 Use from a notebook::
 
-    from alseg.results import load_runs, differing_keys, group_label, aggregate
+    from alseg.results import load_runs, differing_keys, group_label, aggregate, paired_comparison
 
     df = load_runs("outputs/multirun/2024-05-01")     # every completed run below the path
     keys = differing_keys(df)                          # e.g. ["strategy.name", "region.name"]
@@ -14,6 +14,10 @@ Use from a notebook::
     curves["label"] = [group_label(row, keys) for _, row in curves.iterrows()]
     for label, g in curves.groupby("label"):
         plt.plot(g["clicks"], g["miou_mean"], label=label)
+
+    # each group against random, paired by seed: mean delta, 95% t interval, p-values
+    stats = paired_comparison(df, keys, baseline="random")
+    stats[stats["metric"] == "auc"][["group", "n", "mean_delta", "ci_low", "ci_high", "p_ttest"]]
 
 ``df`` has one row per run and cycle: the metrics.csv columns, ``run_dir``,
 ``status``, ``num_train_images``, ``pixels_per_image`` (labelled pixels per
@@ -26,7 +30,7 @@ column is a metric, so a new metric never splits groups.
 Runs whose status is not "completed" are left out unless
 ``load_runs(..., include_incomplete=True)``; runs whose files do not parse are
 always left out; each with a warning naming the file (:func:`scan_runs` returns
-those lines instead).
+those lines instead).  ``paired_comparison`` lives in :mod:`alseg.compare`.
 """
 
 from __future__ import annotations
@@ -407,3 +411,12 @@ def full_reference(df: pd.DataFrame, dataset: str | None = None) -> float | None
     final = full.sort_values("cycle").groupby("run_dir")["miou"].last().dropna()
     return float(final.mean()) if len(final) else None
 
+
+def __getattr__(name: str):
+    """``alseg.results.paired_comparison`` is :func:`alseg.compare.paired_comparison`
+    (imported on first use: compare builds on this module)."""
+    if name == "paired_comparison":
+        from alseg.compare import paired_comparison
+
+        return paired_comparison
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
