@@ -1,26 +1,32 @@
-"""``alseg plot``: learning curves, tables and per-class views of finished runs.
+"""``alseg plot``: learning curves, tables, per-class views and paired comparisons of runs.
 
 Usage::
 
     alseg plot PATH [PATH ...] [--out DIR] [--group-by k1,k2]
                [--x clicks|labelled_fraction|pixels_per_image] [--logx] [--full PATH]
+               [--baseline VALUE] [--include-incomplete]
 
-Every ``metrics.csv`` below the PATHs is one run.  Runs are grouped by the
-config keys that differ between them (or by ``--group-by``) and averaged over
-seeds.  A fully supervised run (``budget=full``) found below the PATHs or under
-``--full`` gives the reference lines and ``clicks_to_95``.
+Every ``metrics.csv`` below the PATHs is one run; runs that are not completed
+(unless ``--include-incomplete``) or whose files do not parse are left out, one
+line each saying why.  Runs are grouped by the config keys that differ between
+them (or by ``--group-by``) and averaged over seeds.  A fully supervised run
+(``budget=full``) found below the PATHs or under ``--full`` gives the reference
+lines and ``clicks_to_95``.
 
 Table columns: ``miou@<x>`` when every run has the same x at each cycle;
 otherwise ``cycle_<k>`` with cells ``mean ± std @ mean x``.  Cells hold the
-mean ± std of mIoU over the group's runs (std with ddof=1, 0 for one run).
+mean ± std of mIoU over the group's runs (std with ddof=1, 0 for one run) and
+``(n=k)`` where fewer runs than the group's n reached that cycle.
 ``auc`` is the mean ± std over runs of the normalised AUC (mean mIoU over the
 x range), ``clicks_to_95`` the clicks at which the group's mean curve reaches
-95% of full supervision.
+95% of full supervision.  ``--baseline`` compares every group with one group,
+paired by seed (see :mod:`alseg.compare`): compare.md/.csv/.tex/.png.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -29,9 +35,11 @@ import pandas as pd
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
+from alseg.compare import MIN_SEEDS, paired_comparison
+from alseg.errors import AlsegError
 from alseg.results import (
     aggregate, auc, clicks_to, config_columns, differing_keys, full_reference,
-    group_label, groups, is_full, load_runs,
+    group_label, groups, is_full, scan_runs,
 )
 
 X_LABELS = {
@@ -54,6 +62,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--logx", action="store_true", help="logarithmic x axis")
     parser.add_argument("--full", action="append", default=[], metavar="PATH",
                         help="where to find the fully supervised reference run")
+    parser.add_argument("--baseline", metavar="VALUE",
+                        help="compare every group with this one, paired by seed: a group label as the "
+                             "table shows it, or a value such as a strategy name (compare.md/.csv/.tex/.png)")
+    parser.add_argument("--include-incomplete", action="store_true",
+                        help="also use runs that did not complete (running, failed, interrupted): "
+                             "the cycles they finished")
     return parser.parse_args(argv)
 
 
@@ -61,11 +75,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def resolve_keys(df: pd.DataFrame, names: str) -> list[str]:
     """``"strategy,budget.per_cycle"`` -> ``["strategy.name", "budget.per_cycle"]``."""
-    keys = []
+    known, keys = config_columns(df), []
     for name in filter(None, (n.strip() for n in names.split(","))):
-        key = name if name in df else f"{name}.name"
-        if key not in df:
-            raise KeyError(f"unknown --group-by key {name!r}; known: {', '.join(config_columns(df))}")
+        key = name if name in known else f"{name}.name"
+        if key not in known:
+            raise AlsegError(f"unknown --group-by key {name!r}; known: {', '.join(known)}")
         keys.append(key)
     return keys
 
@@ -107,15 +121,23 @@ def shared_x(al: pd.DataFrame, x: str) -> bool:
     return bool(np.allclose(spread["min"], spread["max"]))
 
 
+def x_text(value: float) -> str:
+    """A budget as tables write it: ``1200``, ``36``, ``0.025``."""
+    return f"{value:.0f}" if value >= 100 else f"{value:.4g}"
+
+
 def cycle_cells(al: pd.DataFrame, x: str) -> pd.DataFrame:
-    """One row per group, one ``miou@<x>`` or ``cycle_<k>`` column per cycle."""
+    """One row per group, one ``miou@<x>`` or ``cycle_<k>`` column per cycle; a cell says
+    ``(n=k)`` when fewer of the group's runs reached that cycle (incomplete runs)."""
     stats = cycle_stats(al, x)
+    runs = al.groupby("group")["run_dir"].nunique()
+    stats["cell"] = [fmt(r.mean, r.std, r.n) + ("" if r.n == runs[r.group] else f" (n={r.n})")
+                     for r in stats.itertuples()]
     if shared_x(al, x):
-        stats["column"] = [f"miou@{v:.0f}" if v >= 100 else f"miou@{v:.4g}" for v in stats["x"]]
-        stats["cell"] = [fmt(r.mean, r.std, r.n) for r in stats.itertuples()]
+        stats["column"] = [f"miou@{x_text(v)}" for v in stats["x"]]
     else:
         stats["column"] = [f"cycle_{c}" for c in stats["cycle"]]
-        stats["cell"] = [f"{fmt(r.mean, r.std, r.n)} @ {r.x:.4g}" for r in stats.itertuples()]
+        stats["cell"] = [f"{cell} @ {v:.4g}" for cell, v in zip(stats["cell"], stats["x"])]
     columns = list(dict.fromkeys(stats.sort_values("cycle")["column"]))
     return stats.pivot(index="group", columns="column", values="cell")[columns].fillna("")
 
@@ -157,7 +179,7 @@ def to_latex(table: pd.DataFrame) -> str:
     def esc(text) -> str:
         for char in "\\&%$#_{}":
             text = str(text).replace(char, "\\" + char)
-        return text.replace("±", "$\\pm$")
+        return text.replace("±", "$\\pm$").replace("Δ", "$\\Delta$")
 
     lines = [f"\\begin{{tabular}}{{l{'r' * (len(table.columns) - 1)}}}", "\\hline",
              " & ".join(map(esc, table.columns)) + " \\\\", "\\hline"]
@@ -266,28 +288,105 @@ def plot_revealed(al: pd.DataFrame, out: Path) -> list[Path]:
     return save(fig, out, "revealed_classes")
 
 
+# --------------------------------------------------------------------------- comparison
+
+INTERVAL_TEXT = (
+    "Δ = group − baseline in mIoU points, paired by seed (the runs of one seed share the cycle-0 "
+    "selection and the initial weights), at each budget (cycle; clicks: mean over the pairs) and "
+    "for the AUC (mean mIoU over the clicks both runs of a seed reached). 95% CI: Student t "
+    "interval over the per-seed differences (mean ± t(0.975, n−1)·sd/√n). p (t-test): two-sided "
+    "paired t-test (scipy.stats.ttest_rel). p (Wilcoxon): two-sided Wilcoxon signed-rank test "
+    f"(scipy.stats.wilcoxon), from {MIN_SEEDS} seeds on. wins/losses: seeds on which the group is "
+    "above/below the baseline."
+)
+
+
+def p_text(p: float) -> str:
+    return "n/a" if np.isnan(p) else "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def comparison_table(comp: pd.DataFrame) -> pd.DataFrame:
+    """The rows of compare.md/.tex: one per group and budget plus the AUC, numbers as text."""
+    shown = comp[comp["n"] > 0]
+    return pd.DataFrame({
+        "group": shown["group"],
+        "budget": ["AUC" if m == "auc" else f"{x_text(c)} clicks" for m, c in zip(shown["metric"], shown["clicks"])],
+        "n": shown["n"],
+        "Δ mIoU": [f"{d:+.2f}" for d in shown["mean_delta"]],
+        "95% CI (t)": ["n/a" if np.isnan(lo) else f"[{lo:+.2f}, {hi:+.2f}]"
+                       for lo, hi in zip(shown["ci_low"], shown["ci_high"])],
+        "p (t-test)": [p_text(p) for p in shown["p_ttest"]],
+        "p (Wilcoxon)": [p_text(p) for p in shown["p_wilcoxon"]],
+        "wins/losses": [f"{w}/{lost}" for w, lost in zip(shown["wins"], shown["losses"])],
+    })
+
+
+def comparison_notes(comp: pd.DataFrame, baseline: str) -> list[str]:
+    """One line per AUC result, groups left out, and groups too few seeds for a conclusion."""
+    areas = comp[comp["metric"] == "auc"]
+    lines = [f"{r.group} vs {baseline}: AUC Δ {r.mean_delta:+.2f} mIoU, 95% CI (t) "
+             f"{'n/a' if np.isnan(r.ci_low) else f'[{r.ci_low:+.2f}, {r.ci_high:+.2f}]'}, "
+             f"paired t-test p {'' if p_text(r.p_ttest).startswith('<') else '= '}{p_text(r.p_ttest)}, wins/losses {r.wins}/{r.losses} over {r.n} seeds"
+             for r in areas[areas["n"] > 0].itertuples()]
+    lines += [f"no conclusion can be drawn for {r.group}: {r.n} seed(s) shared with {baseline}, "
+              f"at least {MIN_SEEDS} needed" for r in areas[areas["n"].between(1, MIN_SEEDS - 1)].itertuples()]
+    left_out = areas.loc[areas["n"] == 0, "group"]
+    if len(left_out):
+        lines.append(f"left out, no seed shared with {baseline}: {'; '.join(left_out)}")
+    return lines
+
+
+def plot_comparison(comp: pd.DataFrame, baseline: str, logx: bool, out: Path) -> list[Path]:
+    """Mean Δ mIoU vs clicks per group with its 95% t interval band and a zero line."""
+    fig = Figure(figsize=(7.5, 4.8))
+    ax = fig.subplots()
+    points = comp[(comp["metric"] == "miou") & (comp["n"] > 0)]
+    for i, (label, g) in enumerate(points.groupby("group", sort=False)):
+        style = dict(color=COLORS[i % 10], linestyle=LINESTYLES[i % 4], marker=MARKERS[i % 8])
+        ax.plot(g["clicks"], g["mean_delta"], markersize=4, label=f"{label} (n={g['n'].max()})", **style)
+        ax.fill_between(g["clicks"], g["ci_low"], g["ci_high"], color=style["color"], alpha=0.15, linewidth=0)
+    ax.axhline(0, color="black", linewidth=1)
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(X_LABELS["clicks"])
+    ax.set_ylabel(f"Δ mIoU vs {baseline} (points)")
+    ax.set_title("paired by seed; band: 95% t interval", fontsize="medium")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", loc="best")
+    return save(fig, out, "compare")
+
+
+def write_comparison(comp: pd.DataFrame, logx: bool, out: Path) -> list[Path]:
+    """compare.csv (all numbers), compare.md (explanation, notes, table), compare.tex, compare.png."""
+    baseline = comp["baseline"].iloc[0]
+    comp.to_csv(out / "compare.csv", index=False)
+    table = comparison_table(comp)
+    notes = "".join(f"- {line}\n" for line in comparison_notes(comp, baseline))
+    (out / "compare.md").write_text(
+        f"# Paired comparison with the baseline {baseline}\n\n{INTERVAL_TEXT}\n\n{notes}\n{to_markdown(table)}")
+    (out / "compare.tex").write_text(to_latex(table))
+    paths = [out / f"compare.{ext}" for ext in ("md", "csv", "tex")]
+    return paths + plot_comparison(comp, baseline, logx, out)
+
+
 # --------------------------------------------------------------------------- main
 
-def main(argv: list[str] | None = None) -> int:
-    """Run ``alseg plot``; returns the exit code (2 when no usable run is found)."""
-    args = parse_args(argv)
-    found = load_runs(*args.paths)
-    al = found[~is_full(found)]
-    if al.empty:
-        print(f"alseg plot: no usable runs found under: {', '.join(args.paths)}", file=sys.stderr)
-        return 2
-    try:
-        keys = resolve_keys(al, args.group_by) if args.group_by else differing_keys(al)
-    except KeyError as err:
-        print(f"alseg plot: {err.args[0]}", file=sys.stderr)
-        return 2
-    al = label_groups(al, keys)
-    both = pd.concat([found, load_runs(*args.full)], ignore_index=True) if args.full else found
-    full = reference_runs(al, both[is_full(both)].drop_duplicates(["run_dir", "cycle"]))
-    ref = full_reference(full)
-
+def output_dir(args: argparse.Namespace) -> Path:
+    """--out (default: the first PATH when it is a folder), created; AlsegError when it cannot be."""
     out = args.out or (Path(args.paths[0]) if Path(args.paths[0]).is_dir() else Path("."))
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise AlsegError(f"--out {out} is a file, not a folder: give a folder to write the plots into")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise AlsegError(f"cannot create the --out folder {out} ({err.strerror}): give another --out") from None
+    if not os.access(out, os.W_OK):
+        raise AlsegError(f"cannot write into the --out folder {out}: give another --out")
+    return out
+
+
+def write_plots(al: pd.DataFrame, full: pd.DataFrame, ref: float | None, args, out: Path) -> list[Path]:
+    """curves, table, per-class and revealed-class files of the AL runs ``al``."""
     written = plot_curves(al, args.x, ref, args.logx, out)
     written += write_tables(summary_table(al, args.x, ref), ref, out)
     if any(c.startswith("iou_") for c in al.columns):
@@ -295,7 +394,49 @@ def main(argv: list[str] | None = None) -> int:
         written += write_per_class(per_class, out) + plot_per_class(per_class, out)
     if any(c.startswith("revealed_") for c in al.columns):
         written += plot_revealed(al, out)
-    print(f"alseg plot: {al['run_dir'].nunique()} runs in {al['group'].nunique()} groups"
+    return written
+
+
+def plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def make_plots(args: argparse.Namespace) -> None:
+    """Load, group and compare the runs, then write every file; AlsegError for user errors."""
+    found, skipped = scan_runs(*args.paths, include_incomplete=args.include_incomplete)
+    extra, extra_skipped = scan_runs(*args.full, include_incomplete=args.include_incomplete)
+    skipped += extra_skipped
+    for line in skipped:
+        print(f"alseg plot: left out {line}")
+    al = found[~is_full(found)]
+    if al.empty:
+        raise AlsegError(f"no usable runs found under: {', '.join(args.paths)}; give folders that "
+                         "hold completed runs (metrics.csv and summary.json)")
+    keys = resolve_keys(al, args.group_by) if args.group_by else differing_keys(al)
+    al = label_groups(al, keys)
+    comparison = paired_comparison(al, keys, args.baseline) if args.baseline else None
+    both = pd.concat([found, extra], ignore_index=True) if len(extra) else found
+    full = reference_runs(al, both[is_full(both)].drop_duplicates(["run_dir", "cycle"]))
+    ref = full_reference(full)
+    out = output_dir(args)
+
+    print(f"alseg plot: {plural(al['run_dir'].nunique(), 'run')} in {plural(al['group'].nunique(), 'group')}"
+          + (f" ({len(skipped)} left out, see above)" if skipped else "")
           + (f", full supervision {ref:.1f} mIoU" if ref is not None else ", no full-supervision reference"))
+    written = write_plots(al, full, ref, args, out)
+    if comparison is not None:
+        written += write_comparison(comparison, args.logx, out)
+        for line in comparison_notes(comparison, comparison["baseline"].iloc[0]):
+            print(f"alseg plot: {line}")
     print("wrote:\n" + "\n".join(f"  {p}" for p in written))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``alseg plot``; returns the exit code (2, after one line on stderr, for a user error)."""
+    args = parse_args(argv)
+    try:
+        make_plots(args)
+    except AlsegError as err:
+        print(f"alseg plot: {err}", file=sys.stderr)
+        return 2
     return 0

@@ -1,4 +1,4 @@
-"""Load finished runs and summarise them: groups, mean/std over seeds, AUC.
+"""Load finished runs and summarise them: groups, mean/std over seeds, AUC, paired tests.
 
 Every run directory holds ``metrics.csv`` (one row per AL cycle) and
 ``summary.json`` (status and the full resolved config).  This module turns any
@@ -6,23 +6,37 @@ number of such directories, or folders above them, into one table.
 
 Use from a notebook::
 
-    from alseg.results import load_runs, differing_keys, group_label, aggregate
+    from alseg.results import load_runs, differing_keys, group_label, aggregate, paired_comparison
 
-    df = load_runs("outputs/multirun/2024-05-01")     # every run below the path
+    df = load_runs("outputs/multirun/2024-05-01")     # every completed run below the path
     keys = differing_keys(df)                          # e.g. ["strategy.name", "region.name"]
     curves = aggregate(df[df["budget.name"] != "full"], keys, x="clicks")
     curves["label"] = [group_label(row, keys) for _, row in curves.iterrows()]
     for label, g in curves.groupby("label"):
         plt.plot(g["clicks"], g["miou_mean"], label=label)
 
+    # each group against random, paired by seed: mean delta, 95% t interval, p-values
+    stats = paired_comparison(df, keys, baseline="random")
+    stats[stats["metric"] == "auc"][["group", "n", "mean_delta", "ci_low", "ci_high", "p_ttest"]]
+
 ``df`` has one row per run and cycle: the metrics.csv columns, ``run_dir``,
 ``status``, ``num_train_images``, ``pixels_per_image`` (labelled pixels per
-training image) and the config flattened to dotted names (``strategy.name``,
-``budget.per_cycle``, ``seed`` ...).  Lists in the config become tuples.
+training image), ``config_keys`` (the names of the run's config columns) and the
+config flattened to dotted names (``strategy.name``, ``budget.per_cycle``,
+``seed`` ...).  Lists in the config become tuples.  Config columns are exactly
+the keys of summary.json's config (:func:`config_columns`); every metrics.csv
+column is a metric, so a new metric never splits groups.
+
+Runs whose status is not "completed" are left out unless
+``load_runs(..., include_incomplete=True)``; runs whose files do not parse are
+always left out; each with a warning naming the file (:func:`scan_runs` returns
+those lines instead).  ``paired_comparison`` lives in :mod:`alseg.compare`.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import warnings
@@ -31,12 +45,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-METRIC_COLUMNS = (
-    "cycle", "clicks", "regions", "labelled_pixels", "labelled_fraction", "miou",
-    "pixel_acc", "label_noise", "train_s", "query_s",
-)
-BOOKKEEPING_COLUMNS = ("run_dir", "status", "num_train_images", "pixels_per_image")
-PER_CLASS_PREFIXES = ("iou_", "revealed_")
+REQUIRED_COLUMNS = ("cycle", "clicks", "miou")  # a metrics.csv row without them is unusable
 IGNORED_KEYS = ("seed", "resume", "device", "save_model", "dataset.root", "dataset.cache_dir")
 ACRONYMS = ("seeds", "slic", "bald", "ceal", "unet")
 SUMMARY_GROUPS = ("dataset", "region", "annotation", "strategy", "budget")
@@ -45,17 +54,18 @@ LABEL_ORDER = ("strategy", "region", "annotation", "budget", "dataset", "model",
 
 # --------------------------------------------------------------------------- loading
 
+class Unusable(Exception):
+    """A run that cannot count; the message names its file (or folder) and says why."""
+
+
 def find_run_dirs(*paths) -> list[Path]:
     """Directories below (or equal to) ``paths`` holding metrics.csv or summary.json."""
     found: dict[Path, None] = {}
     for path in map(Path, paths):
         if path.is_file():
             path = path.parent
-        if not path.is_dir():
-            warnings.warn(f"no such directory: {path}")
-            continue
         for name in ("metrics.csv", "summary.json"):
-            for file in sorted(path.rglob(name)):
+            for file in sorted(path.rglob(name)) if path.is_dir() else ():
                 found[file.parent.resolve()] = None
     return sorted(found)
 
@@ -80,25 +90,63 @@ def _hashable(value):
     return value
 
 
-def read_run(run_dir: Path) -> pd.DataFrame | None:
-    """One run as a DataFrame, or None (with a warning) when it is not usable."""
+def read_summary(run_dir: Path) -> dict:
+    """summary.json as a dict; raises Unusable when it is missing or not valid JSON."""
+    path = run_dir / "summary.json"
     try:
-        summary = json.loads((run_dir / "summary.json").read_text())
-    except (OSError, ValueError) as err:
-        warnings.warn(f"skipping {run_dir}: summary.json missing or unreadable ({err})")
-        return None
+        summary = json.loads(path.read_text())
+    except OSError as err:
+        raise Unusable(f"{path}: missing or unreadable ({err.strerror})") from None
+    except ValueError as err:
+        raise Unusable(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(summary, dict):
+        raise Unusable(f"{path}: not a JSON object")
+    return summary
+
+
+def read_metrics(run_dir: Path) -> pd.DataFrame:
+    """metrics.csv; raises Unusable unless every row is whole and has cycle, clicks and mIoU.
+
+    A file cut mid-line (no final line end, or a row with too few or too many
+    fields) would otherwise bring NaN or a wrong number into means and AUCs.
+    """
+    path = run_dir / "metrics.csv"
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise Unusable(f"{path}: missing or unreadable ({getattr(err, 'strerror', None) or err})") from None
+    rows = list(csv.reader(io.StringIO(text)))
+    if len(rows) < 2:
+        raise Unusable(f"{path}: no rows")
+    if not text.endswith("\n"):
+        raise Unusable(f"{path}: cut off mid-line (no line end after row {len(rows) - 1})")
+    for number, row in enumerate(rows[1:], 1):
+        if len(row) != len(rows[0]):
+            raise Unusable(f"{path}: row {number} has {len(row)} fields, the header {len(rows[0])}")
+    metrics = pd.read_csv(io.StringIO(text))
+    missing = [c for c in REQUIRED_COLUMNS if c not in metrics]
+    if missing:
+        raise Unusable(f"{path}: no column {', '.join(missing)}")
+    numbers = metrics[list(REQUIRED_COLUMNS)].apply(pd.to_numeric, errors="coerce")
+    if numbers.isna().any(axis=None):
+        row = int(numbers.isna().any(axis=1).to_numpy().argmax()) + 1
+        raise Unusable(f"{path}: row {row} has an empty or non-numeric {', '.join(REQUIRED_COLUMNS)} field")
+    return metrics
+
+
+def read_run(run_dir: Path, include_incomplete: bool = False) -> pd.DataFrame:
+    """One run as a DataFrame; raises Unusable (saying why) when it cannot count.
+
+    Runs whose status is not "completed" (running, failed, interrupted) count only
+    with ``include_incomplete``, and then with the cycles their metrics.csv holds.
+    """
+    summary = read_summary(run_dir)
     status = summary.get("status")
-    if status == "failed":
-        warnings.warn(f"skipping {run_dir}: run failed ({summary.get('message')})")
-        return None
-    try:
-        metrics = pd.read_csv(run_dir / "metrics.csv")
-    except (OSError, pd.errors.EmptyDataError) as err:
-        warnings.warn(f"skipping {run_dir}: metrics.csv missing or empty ({err})")
-        return None
-    if metrics.empty:
-        warnings.warn(f"skipping {run_dir}: metrics.csv has no rows")
-        return None
+    if status != "completed" and not include_incomplete:
+        why = f": {summary['message']}" if summary.get("message") else ""
+        raise Unusable(f"{run_dir}: status {status!r}, not completed{why} "
+                       "(counts with --include-incomplete, include_incomplete=True)")
+    metrics = read_metrics(run_dir)
 
     config = flatten_config(summary.get("config") or {})
     for group in SUMMARY_GROUPS:
@@ -112,20 +160,37 @@ def read_run(run_dir: Path) -> pd.DataFrame | None:
     metrics["status"] = status
     metrics["num_train_images"] = n_train
     metrics["pixels_per_image"] = metrics["labelled_pixels"] / n_train if n_train else np.nan
+    metrics["config_keys"] = [tuple(config)] * len(metrics)
     extra = pd.DataFrame({k: [v] * len(metrics) for k, v in config.items()}, index=metrics.index)
     return pd.concat([metrics, extra], axis=1)
 
 
-def load_runs(*paths) -> pd.DataFrame:
+def scan_runs(*paths, include_incomplete: bool = False) -> tuple[pd.DataFrame, list[str]]:
+    """The usable runs below ``paths`` (see :func:`load_runs`) and one line per run or
+    path left out, naming its file or folder and why."""
+    below = {path: find_run_dirs(path) for path in paths}
+    skipped = [f"{p}: {'no run below it' if Path(p).exists() else 'no such file or folder'}"
+               for p, run_dirs in below.items() if not run_dirs]
+    frames = []
+    for run_dir in sorted(set().union(*below.values())):
+        try:
+            frames.append(read_run(run_dir, include_incomplete))
+        except Unusable as why:
+            skipped.append(str(why))
+    return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()), skipped
+
+
+def load_runs(*paths, include_incomplete: bool = False) -> pd.DataFrame:
     """All usable runs below ``paths`` as one DataFrame (one row per run and cycle).
 
-    Runs whose summary.json is missing or unreadable, whose status is "failed",
-    or whose metrics.csv is missing or empty are skipped with a warning.
+    Left out, with a warning naming the file and why: runs whose status is not
+    "completed" (unless ``include_incomplete``), whose summary.json is missing or
+    not valid JSON, or whose metrics.csv is missing, empty or cut off.
     """
-    frames = [f for f in map(read_run, find_run_dirs(*paths)) if f is not None]
-    if not frames:
-        return pd.DataFrame()
-    return pd.concat(frames, ignore_index=True)
+    df, skipped = scan_runs(*paths, include_incomplete=include_incomplete)
+    for line in skipped:
+        warnings.warn(f"skipping {line}", stacklevel=2)
+    return df
 
 
 # --------------------------------------------------------------------------- groups
@@ -138,12 +203,14 @@ def is_full(df: pd.DataFrame) -> pd.Series:
 
 
 def config_columns(df: pd.DataFrame) -> list[str]:
-    """Columns that come from the config (everything but metrics and bookkeeping)."""
-    return [
-        c for c in df.columns
-        if c not in METRIC_COLUMNS and c not in BOOKKEEPING_COLUMNS
-        and not c.startswith(PER_CLASS_PREFIXES)
-    ]
+    """Columns that hold the runs' config: exactly the keys of their summary.json config.
+
+    Every metrics.csv column is a metric, so a new metric never becomes a config key.
+    """
+    if "config_keys" not in df:
+        return []
+    keys = set().union(*df["config_keys"].drop_duplicates())
+    return [c for c in df.columns if c in keys]
 
 
 def _ignored(key: str) -> bool:
@@ -208,7 +275,8 @@ def _word(value) -> str:
     return "_".join(p.upper() if p.lower() in ACRONYMS else p for p in parts)
 
 
-def _value_text(value) -> str:
+def value_text(value) -> str:
+    """A config value as labels write it: ``(64, 96)`` -> ``64x96``, ``20.0`` -> ``20``."""
     if isinstance(value, tuple):
         return "x".join(map(str, value))
     if isinstance(value, float):
@@ -240,7 +308,7 @@ def group_label(row, keys: list[str]) -> str:
         elif short == "name" and isinstance(value, str):
             parts.append(_word(value))
         else:
-            parts.append(f"{short}={_value_text(value)}")
+            parts.append(f"{short}={value_text(value)}")
     return ", ".join(parts or negatives) or "all runs"
 
 
@@ -342,3 +410,13 @@ def full_reference(df: pd.DataFrame, dataset: str | None = None) -> float | None
         return None
     final = full.sort_values("cycle").groupby("run_dir")["miou"].last().dropna()
     return float(final.mean()) if len(final) else None
+
+
+def __getattr__(name: str):
+    """``alseg.results.paired_comparison`` is :func:`alseg.compare.paired_comparison`
+    (imported on first use: compare builds on this module)."""
+    if name == "paired_comparison":
+        from alseg.compare import paired_comparison
+
+        return paired_comparison
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

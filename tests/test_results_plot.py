@@ -16,7 +16,7 @@ CLASSES = ("road", "car", "sky")
 
 def make_run(root, name, *, strategy="margin", seed=0, miou=(50, 60, 80), clicks=(0, 100, 200),
              budget="per_image", status="completed", dataset="synthetic", class_balance=False,
-             fractions=None, write_metrics=True):
+             fractions=None, write_metrics=True, extra=None, cycles=None):
     """Write a fake run directory (metrics.csv + summary.json) and return its path."""
     run = root / name
     run.mkdir(parents=True)
@@ -27,6 +27,7 @@ def make_run(root, name, *, strategy="margin", seed=0, miou=(50, 60, 80), clicks
                "pixel_acc": m + 10, "label_noise": 0.0, "train_s": 1.0, "query_s": 0.1}
         row.update({f"iou_{k}": m + i for i, k in enumerate(CLASSES)})
         row.update({f"revealed_{k}": (cycle + 1) * (i + 1) * 10 for i, k in enumerate(CLASSES)})
+        row.update({k: v[cycle] for k, v in (extra or {}).items()})
         rows.append(row)
     if write_metrics:
         pd.DataFrame(rows).to_csv(run / "metrics.csv", index=False)
@@ -37,7 +38,7 @@ def make_run(root, name, *, strategy="margin", seed=0, miou=(50, 60, 80), clicks
         "region": {"name": "pixel"},
         "annotation": {"name": "dominant", "noise": 0.0},
         "strategy": {"name": strategy, "class_balance": class_balance, "top_percent": None, "aggregate": "mean"},
-        "budget": {"name": budget, "initial": 10, "per_cycle": 10, "cycles": len(rows) - 1},
+        "budget": {"name": budget, "initial": 10, "per_cycle": 10, "cycles": cycles or len(rows) - 1},
         "model": {"name": "unet_small", "arch": "Unet", "encoder": "resnet18", "encoder_weights": None},
         "train": {"epochs": 20, "batch_size": 8, "lr": 0.001, "reinit": True},
     }
@@ -278,3 +279,94 @@ def test_main_without_runs_returns_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "no usable runs" in err and str(tmp_path / "empty") in err
     assert "Traceback" not in err
+
+
+# --------------------------------------------------------------------------- robust loading
+
+def test_metric_columns_never_group(tmp_path):
+    make_run(tmp_path, "a", seed=0, extra={"train_steps": [10, 20, 30]})
+    make_run(tmp_path, "b", seed=1, extra={"train_steps": [15, 25, 35]})
+    make_run(tmp_path, "old", seed=2)  # written before the column existed
+    df = quiet_load(tmp_path)
+    assert "train_steps" in df and "train_steps" not in results.config_columns(df)
+    assert results.differing_keys(df) == []
+    assert "strategy.name" in results.config_columns(df) and "miou" not in results.config_columns(df)
+
+
+def test_incomplete_runs_left_out_unless_asked(tmp_path, capsys):
+    make_run(tmp_path, "done", seed=0, miou=(40, 50, 60))
+    make_run(tmp_path, "running", seed=1, miou=(44, 54), clicks=(0, 100), status="running", cycles=2)
+    make_run(tmp_path, "stopped", seed=2, miou=(42, 52, 62), status="interrupted")
+    out = tmp_path / "plots"
+    assert plot.main([str(tmp_path), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "1 run" in printed
+    for name, status in (("running", "running"), ("stopped", "interrupted")):
+        line = next(ln for ln in printed.splitlines() if str(tmp_path / name) in ln)
+        assert status in line
+    table = pd.read_csv(out / "table.csv", dtype=str)
+    assert table["n"].tolist() == ["1"] and table["miou@200"].tolist() == ["60.0"]
+
+    assert plot.main([str(tmp_path), "--out", str(out), "--include-incomplete"]) == 0
+    table = pd.read_csv(out / "table.csv", dtype=str)
+    assert table["n"].tolist() == ["3"]
+    assert table["miou@100"].tolist() == [f"52.0 ± 2.0"]  # all three runs: no n in the cell
+    assert table["miou@200"].tolist() == [f"61.0 ± {math.sqrt(2):.1f} (n=2)"]
+
+
+def cut(path, text):
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("damage", ["cut_mid_line", "short_row", "long_row", "empty_miou"])
+def test_unparsable_metrics_are_skipped(tmp_path, capsys, damage):
+    make_run(tmp_path, "good", seed=0, miou=(40, 50, 60))
+    bad = make_run(tmp_path, "bad", seed=1, miou=(10, 20, 30))
+    metrics = bad / "metrics.csv"
+    text = metrics.read_text()
+    header, *lines = text.splitlines()
+    if damage == "cut_mid_line":
+        cut(metrics, text[: len(text) - len(lines[-1]) // 2])
+    elif damage == "short_row":  # the last row lost its last fields, line end kept
+        cut(metrics, "\n".join([header, *lines[:-1], ",".join(lines[-1].split(",")[:5])]) + "\n")
+    elif damage == "long_row":
+        cut(metrics, "\n".join([header, *lines, lines[-1] + ",7,8"]) + "\n")
+    else:
+        miou_at = header.split(",").index("miou")
+        fields = lines[1].split(",")
+        fields[miou_at] = ""
+        cut(metrics, "\n".join([header, lines[0], ",".join(fields), lines[2]]) + "\n")
+    with pytest.warns(UserWarning, match="metrics.csv"):
+        df = results.load_runs(tmp_path)
+    assert df["run_dir"].unique().tolist() == [str(tmp_path / "good")]
+
+    out = tmp_path / "plots"
+    assert plot.main([str(tmp_path), "--out", str(out)]) == 0
+    assert str(metrics) in capsys.readouterr().out
+    table = pd.read_csv(out / "table.csv", dtype=str)
+    assert table["miou@100"].tolist() == ["50.0"]
+    assert table["auc"].tolist() == [f"{results.auc([0, 100, 200], [40, 50, 60]):.1f}"]
+
+
+def test_out_that_cannot_be_a_folder(tmp_path, capsys):
+    make_run(tmp_path, "run")
+    file = tmp_path / "notes.txt"
+    file.write_text("mine")
+    for out in (file, file / "plots"):
+        assert plot.main([str(tmp_path), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and str(out) in err and "Traceback" not in err
+    assert file.read_text() == "mine"
+    assert not (tmp_path / "curves.png").exists()
+
+
+def test_main_reports_skipped_runs(tmp_path, capsys):
+    make_run(tmp_path, "a", seed=0)
+    make_run(tmp_path, "b", seed=1, status="failed")
+    (make_run(tmp_path, "c", seed=2) / "summary.json").write_text('{"status": "compl')
+    assert plot.main([str(tmp_path), str(tmp_path / "typo")]) == 0
+    printed = capsys.readouterr().out
+    assert "1 run " in printed and "1 group" in printed and "3 left out" in printed
+    assert str(tmp_path / "b") in printed and str(tmp_path / "c" / "summary.json") in printed
+    assert str(tmp_path / "typo") in printed
