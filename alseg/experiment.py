@@ -24,7 +24,7 @@ from alseg.device import device_generator, resolve_device
 from alseg.errors import AlsegError
 from alseg.metrics import iou_per_class, miou, pixel_accuracy
 from alseg.model import build_model, check_model
-from alseg.oracle import NO_LABEL, Oracle
+from alseg.oracle import Oracle
 from alseg.overlay import save_query_overlay
 from alseg.pool import Pool, atomic_write, record_selection
 from alseg.regions import Regions, build_regions
@@ -206,7 +206,7 @@ def _run(cfg: DictConfig, files: RunFiles, rows: list[dict], start_cycle: int) -
     val_labels = torch.from_numpy(np.asarray(data.val.labels)).to(device)
     costs = oracle.costs()
     costs = None if costs is None else torch.from_numpy(costs).to(device)
-    pool = Pool.empty(n, h, w)
+    pool = Pool.empty(n, h, w, c)
     if start_cycle > 0:
         _restore(files, start_cycle - 1, pool, models, generator, rng, device)
     cycles = 0 if cfg.budget.name == "full" else int(cfg.budget.cycles)
@@ -217,9 +217,8 @@ def _run(cfg: DictConfig, files: RunFiles, rows: list[dict], start_cycle: int) -
     for cycle in range(start_cycle, cycles + 1):
         t0 = time.perf_counter()
         if cfg.budget.name == "full":
-            pool.revealed[:] = np.where(data.train.labels == 255, NO_LABEL, data.train.labels)
             chosen = Selection.empty()
-            spent = float(regions.counts.sum() if costs is None else costs.sum().item())
+            spent = oracle.reveal_all(pool)
             pool.regions += int(regions.counts.sum())
         else:
             chosen = _query(cycle, cfg, strategy, random_strategy, models, train_images, train_labels, pool, regions,
@@ -228,7 +227,7 @@ def _run(cfg: DictConfig, files: RunFiles, rows: list[dict], start_cycle: int) -
                 exhausted = f"the pool has no askable region left before cycle {cycle}; stopped after {cycle} cycles"
                 log.warning("warning: %s", exhausted)
                 break
-            spent = oracle.reveal(pool.revealed, chosen.images, chosen.regions)
+            spent = oracle.reveal(pool, chosen.images, chosen.regions)
             pool.regions += len(chosen)
         pool.clicks += spent
         record_selection(files.state, cycle, chosen.images, chosen.regions)

@@ -1,7 +1,7 @@
 """The simulated annotator: reveals labels of the chosen regions and counts the clicks.
 
-Revealed maps use 255 for 'not asked' and 254 for 'asked, but no label given' (void pixels,
-or a region whose majority is void under dominant labelling); both are ignored in training.
+The oracle hands labels to the pool (alseg.pool.Pool.reveal), which owns the revealed map's
+encoding; void comes as IGNORE (a void pixel, or a region whose majority is void).
 
 Click costs (README.md, "Regions and costs"):
 
@@ -35,7 +35,6 @@ from alseg.regions.build import Progress, workers
 
 log = logging.getLogger(__name__)
 
-NO_LABEL = 254
 COST_VERSION = 1  # bump when the cost model changes, so cached costs are rebuilt
 
 
@@ -172,24 +171,30 @@ class Oracle:
                 self._costs = np.array(cached_array(self.regions.cache_dir, f"costs/precise-{digest}", build))
         return self._costs
 
-    def reveal(self, revealed: np.ndarray, images: np.ndarray, regions: np.ndarray) -> float:
-        """Write the labels of the chosen (image, region) pairs into `revealed`; return clicks."""
+    def reveal(self, pool, images: np.ndarray, regions: np.ndarray) -> float:
+        """Reveal the labels of the chosen (image, region) pairs into `pool`; return clicks."""
         if self.regions.maps is None:
-            self._reveal_pixels(revealed, images, regions)
+            self._reveal_pixels(pool, images, regions)
         elif self.precise:
-            self._reveal_precise(revealed, images, regions)
+            self._reveal_precise(pool, images, regions)
         else:
-            self._reveal_dominant(revealed, images, regions)
+            self._reveal_dominant(pool, images, regions)
         costs = self.costs()
         return float(len(images) if costs is None else costs[images, regions].sum())
 
-    def _reveal_pixels(self, revealed, images, regions):
+    def reveal_all(self, pool) -> float:
+        """Every label of the pool, exactly (budget=full, the supervised reference); returns
+        what asking every region would cost."""
+        pool.reveal(slice(None), np.asarray(self.truth))
+        costs = self.costs()
+        return float(self.regions.counts.sum() if costs is None else costs.sum())
+
+    def _reveal_pixels(self, pool, images, regions):
         w = self.truth.shape[2]
         ys, xs = np.divmod(regions, w)
-        labels = _with_noise(self.truth[images, ys, xs], self.cfg.noise, self.num_classes, self.rng)
-        revealed[images, ys, xs] = np.where(labels == IGNORE, NO_LABEL, labels)
+        pool.reveal((images, ys, xs), _with_noise(self.truth[images, ys, xs], self.cfg.noise, self.num_classes, self.rng))
 
-    def _reveal_dominant(self, revealed, images, regions):
+    def _reveal_dominant(self, pool, images, regions):
         c = self.num_classes
         for i in np.unique(images):
             chosen = regions[images == i]
@@ -198,12 +203,12 @@ class Oracle:
             votes = np.bincount((rmap * (c + 1) + truth).ravel(), minlength=(rmap.max() + 1) * (c + 1))
             majority = votes.reshape(-1, c + 1).argmax(axis=1)[chosen]
             majority = _with_noise(majority, self.cfg.noise, c, self.rng)
-            value = np.full(rmap.max() + 1, 255, dtype=np.int64)
-            value[chosen] = np.where(majority == c, NO_LABEL, majority)
+            value = np.full(rmap.max() + 1, IGNORE, dtype=np.int64)
+            value[chosen] = np.where(majority == c, IGNORE, majority)
             mask = np.isin(rmap, chosen)
-            revealed[i][mask] = value[rmap[mask]]
+            pool.reveal((i, mask), value[rmap[mask]])
 
-    def _reveal_precise(self, revealed, images, regions):
+    def _reveal_precise(self, pool, images, regions):
         """The ground truth inside each chosen region; with noise, each class inside a region
         (what one label click names) becomes a random other class with probability q."""
         c = self.num_classes
@@ -216,4 +221,4 @@ class Oracle:
                 pieces, inverse = np.unique(rmap[mask].astype(np.int64) * (c + 1) + cls, return_inverse=True)
                 truth = _with_noise(pieces % (c + 1), self.cfg.noise, c, self.rng)[inverse]
                 truth = np.where(truth == c, IGNORE, truth)
-            revealed[i][mask] = np.where(truth == IGNORE, NO_LABEL, truth)
+            pool.reveal((i, mask), truth)

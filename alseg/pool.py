@@ -1,4 +1,8 @@
-"""The labelled state of the pool: revealed labels, what was asked each cycle, clicks spent."""
+"""The labelled state of the pool: revealed labels, what was asked each cycle, clicks spent.
+
+This module owns the revealed map's encoding: class ids 0..MAX_CLASSES-1, NO_LABEL for
+'asked, but no label given' (void pixels, or a region whose majority is void under dominant
+labelling) and NOT_ASKED; both markers are ignored in training (`training_targets`)."""
 from __future__ import annotations
 
 import json
@@ -7,8 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from alseg.oracle import NO_LABEL
+from alseg.data.base import IGNORE
+from alseg.errors import AlsegError
+
+NOT_ASKED = 255
+NO_LABEL = 254
+MAX_CLASSES = NO_LABEL  # class ids 0..253 fit in a byte beside the two markers
 
 
 def atomic_write(path: Path, write, mode: str = "wb") -> None:
@@ -22,7 +32,7 @@ def atomic_write(path: Path, write, mode: str = "wb") -> None:
 
 @dataclass
 class Pool:
-    """Revealed labels uint8 [N, H, W] (255 not asked, 254 asked without label), clicks and
+    """Revealed labels uint8 [N, H, W] (NOT_ASKED, NO_LABEL or a class id), clicks and
     regions spent. This is all that is held in memory (1 byte per pool pixel): which regions
     were asked in each cycle goes to disk (`record_selection`)."""
 
@@ -31,11 +41,22 @@ class Pool:
     regions: int = 0
 
     @classmethod
-    def empty(cls, n: int, height: int, width: int) -> "Pool":
-        return cls(np.full((n, height, width), 255, dtype=np.uint8))
+    def empty(cls, n: int, height: int, width: int, num_classes: int = 0) -> "Pool":
+        if num_classes > MAX_CLASSES:
+            raise AlsegError(f"{num_classes} classes do not fit the pool's 1-byte labels: at most {MAX_CLASSES} "
+                             "classes (ids 0..253) are supported")
+        return cls(np.full((n, height, width), NOT_ASKED, dtype=np.uint8))
+
+    def asked_mask(self) -> np.ndarray:
+        return self.revealed != NOT_ASKED
 
     def labelled_mask(self) -> np.ndarray:
         return self.revealed < NO_LABEL
+
+    def reveal(self, where, labels: np.ndarray) -> None:
+        """Write ground-truth-coded `labels` (IGNORE = void) at `where` (any numpy index into
+        the revealed map): void becomes NO_LABEL, asked but never trained on."""
+        self.revealed[where] = np.where(labels == IGNORE, NO_LABEL, labels)
 
     def label_noise(self, truth: np.ndarray) -> float:
         """Share of revealed pixels whose label differs from the ground truth."""
@@ -53,6 +74,12 @@ class Pool:
         atomic_write(folder / "revealed.npy", lambda f: np.save(f, self.revealed))
         meta = {"clicks": self.clicks, "regions": self.regions, **extra}
         atomic_write(folder / "meta.json", lambda f: json.dump(meta, f, indent=1), "w")
+
+
+def training_targets(revealed: np.ndarray, device: torch.device) -> torch.Tensor:
+    """The revealed map on `device` as training targets: both markers become IGNORE."""
+    targets = torch.from_numpy(np.asarray(revealed)).to(device)
+    return torch.where(targets >= NO_LABEL, IGNORE, targets)
 
 
 def record_selection(state: Path, cycle: int, images: np.ndarray, regions: np.ndarray) -> None:

@@ -16,12 +16,13 @@ import torch
 
 from alseg.device import device_generator
 from alseg.errors import AlsegError
+from alseg.data.base import IGNORE
 from alseg.model import autocast, is_split, mc_passes, to_input
+from alseg.pool import NOT_ASKED
 from alseg.regions import Regions
 from alseg.selection import lowest, order_keys
 from alseg.strategies import Strategy
 
-NOT_ASKED = 255
 _REDUCE = {"mean": "mean", "sum": "sum", "max": "amax"}
 
 
@@ -147,7 +148,7 @@ def score_pool(
         asked_regions = _to_regions(asked.to(torch.float32), maps, r, "amax") > 0
         blocked = asked_regions.clone()
         if maps is None and s.get("exclude_void", True):
-            blocked |= labels[batch].flatten(1) == NOT_ASKED
+            blocked |= labels[batch].flatten(1) == IGNORE
         blocked |= torch.arange(r, device=device) >= counts[batch, None]
         if not models:
             batch_scores = torch.rand(len(asked), r, generator=draws, device=device)

@@ -15,14 +15,9 @@ from alseg.errors import AlsegError
 from alseg.metrics import confusion
 from alseg.augment import augment
 from alseg.model import autocast, normalise, to_input
+from alseg.pool import training_targets
 
 log = logging.getLogger(__name__)
-
-
-def trainable_targets(revealed: np.ndarray, device: torch.device) -> torch.Tensor:
-    """Revealed labels as training targets: 'not asked' (255) and 'asked, no label' (254) ignored."""
-    targets = torch.from_numpy(np.asarray(revealed)).to(device)
-    return torch.where(targets >= 254, IGNORE, targets)
 
 
 def train_cycle(
@@ -38,7 +33,7 @@ def train_cycle(
     from them, so that every strategy trains equally long). Returns the steps taken; a loss
     that is not finite stops the run (training diverged)."""
     device = images.device
-    targets = trainable_targets(revealed, device)
+    targets = training_targets(revealed, device)
     labelled = torch.nonzero((targets != IGNORE).flatten(1).any(dim=1)).flatten().cpu()
     if len(labelled) == 0:
         raise ValueError("no labelled pixels to train on")

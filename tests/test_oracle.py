@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from alseg.oracle import NO_LABEL, Oracle, _outer, region_costs
-from alseg.pool import Pool
+from alseg.oracle import Oracle, _outer, region_costs
+from alseg.pool import NO_LABEL, Pool
 from alseg.regions import Regions
 from alseg.regions.grid import box_map
 
@@ -30,7 +30,7 @@ def oracle(name="dominant", noise=0.0, maps=MAPS):
 
 def test_dominant_gives_the_majority_class_and_spends_one_click_per_region():
     pool = Pool.empty(1, 4, 4)
-    clicks = oracle().reveal(pool.revealed, np.array([0, 0, 0, 0]), np.array([0, 1, 2, 3]))
+    clicks = oracle().reveal(pool, np.array([0, 0, 0, 0]), np.array([0, 1, 2, 3]))
     assert clicks == 4
     expected = np.array([[
         [0, 0, 1, 1],        # region 0: three 0s, one 1 -> 0
@@ -46,7 +46,7 @@ def test_dominant_gives_the_majority_class_and_spends_one_click_per_region():
 
 def test_pixels_reveal_truth_and_void_pixels_get_no_label():
     pool = Pool.empty(1, 4, 4)
-    oracle("precise", maps=None).reveal(pool.revealed, np.array([0, 0]), np.array([2, 8]))
+    oracle("precise", maps=None).reveal(pool, np.array([0, 0]), np.array([2, 8]))
     assert pool.revealed[0, 0, 2] == 1 and pool.revealed[0, 2, 0] == NO_LABEL
     assert pool.label_noise(TRUTH) == 0.0
 
@@ -56,7 +56,7 @@ def test_noise_flips_labels_at_the_configured_rate():
     regions = Regions("pixel", None, np.array([10000]))
     o = Oracle(OmegaConf.create({"name": "precise", "noise": 0.3}), regions, truth, 5, np.random.default_rng(0))
     pool = Pool.empty(1, 100, 100)
-    o.reveal(pool.revealed, np.zeros(10000, np.int64), np.arange(10000))
+    o.reveal(pool, np.zeros(10000, np.int64), np.arange(10000))
     assert 0.27 < pool.label_noise(truth) < 0.33
     assert pool.revealed.max() < 5
 
@@ -158,7 +158,7 @@ def test_one_click_per_region_for_dominant_and_per_pixel_for_precise():
 def test_precise_reveals_the_truth_inside_regions_and_counts_its_clicks():
     pool = Pool.empty(1, 4, 4)
     o = oracle("precise")
-    clicks = o.reveal(pool.revealed, np.array([0, 0]), np.array([1, 2]))
+    clicks = o.reveal(pool, np.array([0, 0]), np.array([1, 2]))
     assert clicks == o.costs()[0, 1] + o.costs()[0, 2]
     expected = np.full((1, 4, 4), 255)
     expected[0, :2, 2:] = TRUTH[0, :2, 2:]
@@ -186,8 +186,21 @@ def region_noise_oracle(name: str, noise: float):
 def test_noise_share_per_region(name):
     o, truth = region_noise_oracle(name, 0.3)
     pool = Pool.empty(1, 40, 40)
-    o.reveal(pool.revealed, np.zeros(400, np.int64), np.arange(400))
+    o.reveal(pool, np.zeros(400, np.int64), np.arange(400))
     assert 0.24 < pool.label_noise(truth) < 0.36  # 400 regions flipped with probability 0.3
     wrong = (pool.revealed != truth).reshape(20, 2, 20, 2).any(axis=(1, 3))
     same = (pool.revealed.reshape(20, 2, 20, 2) == pool.revealed.reshape(20, 2, 20, 2)[:, :1, :, :1]).all()
     assert same and wrong.sum() == round(pool.label_noise(truth) * 400)  # whole regions flip
+
+
+def test_the_pool_owns_its_encoding_and_refuses_classes_that_collide_with_it():
+    from alseg.data.base import IGNORE
+    from alseg.errors import AlsegError
+    from alseg.pool import MAX_CLASSES, NOT_ASKED, training_targets
+
+    pool = Pool.empty(1, 1, 4, num_classes=MAX_CLASSES)
+    pool.reveal((0, 0, [0, 1, 2]), np.array([253, IGNORE, 0]))
+    assert pool.revealed.tolist() == [[[253, NO_LABEL, 0, NOT_ASKED]]]
+    assert training_targets(pool.revealed, "cpu").tolist() == [[[253, IGNORE, 0, IGNORE]]]  # class 253 trains
+    with pytest.raises(AlsegError, match="at most 254 classes"):
+        Pool.empty(1, 1, 4, num_classes=255)  # class 254 would read as 'asked, no label'
