@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 
 from alseg.cache import cache_key, cached_memmaps
+from alseg.cpus import usable_cpus
 from alseg.data.base import IGNORE, SegDataset, Split
 from alseg.errors import AlsegError
 
@@ -239,15 +240,16 @@ def _decode_one(ds: DiskDataset, item: Item, size: tuple[int, int], resize: bool
 
 def _decode_into(ds: DiskDataset, items: Sequence[Item], size: tuple[int, int], resize: bool,
                  images: np.ndarray, labels: np.ndarray, what: str) -> None:
-    """Decode `items` into images[i], labels[i] with one thread per core, logging progress."""
+    """Decode `items` into images[i], labels[i] with one thread per usable core, logging progress."""
     n, start, done = len(items), time.perf_counter(), 0
     step = max(1, n // 10)
-    log.info("decoding %s: %d images to %dx%d with %d threads ...", what, n, *size, os.cpu_count() or 1)
+    threads = usable_cpus()
+    log.info("decoding %s: %d images to %dx%d with %d threads ...", what, n, *size, threads)
 
     def work(i: int) -> None:
         images[i], labels[i] = _decode_one(ds, items[i], size, resize)
 
-    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+    with ThreadPoolExecutor(threads) as pool:
         futures = [pool.submit(work, i) for i in range(n)]
         try:
             for future in as_completed(futures):

@@ -19,6 +19,7 @@ from typing import Callable
 import numpy as np
 
 from alseg.cache import cached_memmaps
+from alseg.cpus import usable_cpus as workers  # oracle.py imports `workers` from here
 from alseg.errors import AlsegError
 
 log = logging.getLogger(__name__)
@@ -41,14 +42,6 @@ def dense_ids(labels: np.ndarray) -> np.ndarray:
     present = np.bincount(labels.ravel()) > 0
     lut = np.cumsum(present) - 1
     return lut[labels].astype(np.int32)
-
-
-def workers() -> int:
-    """CPU cores this process may use (respects Slurm/taskset affinity)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
 
 
 class Progress:
