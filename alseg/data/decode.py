@@ -3,7 +3,8 @@
 Each dataset on disk (CamVid, Cityscapes, VOC) is a `DiskDataset`: it lists the
 (image, label) files of a split, reads a label file into raw values, and maps raw values to
 class indices through a 256-entry table (255 = ignore, -1 = a value that must not occur).
-This module does the rest, the same for all of them:
+Files are read through `alseg.data.read` (checked to be complete; any file name). This module
+does the rest, the same for all of them:
 
 - `decode_split` decodes every image of a split in parallel threads (cv2 releases the GIL),
   checks its labels, and resizes to `dataset.size`: images with area interpolation, labels
@@ -28,11 +29,12 @@ import numpy as np
 from alseg.cache import cache_key, cached_memmaps
 from alseg.cpus import usable_cpus
 from alseg.data.base import IGNORE, SegDataset, Split
+from alseg.data.read import image_size, read_image, read_index_png
 from alseg.errors import AlsegError
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 2  # bump when decoding changes, so old caches are not reused
+CACHE_VERSION = 3  # bump when decoding changes, so old caches are not reused (3: truncated files are errors)
 INVALID = -1  # label_table value of a raw label value that must not occur
 _warned: set[tuple] = set()
 _warn_lock = threading.Lock()
@@ -52,57 +54,6 @@ def label_table(mapping: dict[int, int]) -> np.ndarray:
     for raw, cls in mapping.items():
         table[raw] = cls
     return table
-
-
-def read_image(path: Path) -> np.ndarray:
-    """uint8 RGB [H, W, 3] of an image file (PNG, JPEG, ...); AlsegError naming an unreadable file."""
-    # never rotate by EXIF orientation: labels are stored in the raw pixel order
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    if image is None:
-        raise AlsegError(f"cannot read image {path}: the file is missing, truncated or not an image")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
-def read_index_png(path: Path) -> np.ndarray:
-    """uint8 [H, W] of a label PNG that stores one class index (or label id) per pixel."""
-    label = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if label is None:
-        raise AlsegError(f"cannot read label {path}: the file is missing, truncated or not an image")
-    if label.ndim == 3:
-        if label.shape[2] == 3 and (label[..., 0] == label[..., 1]).all() and (label[..., 0] == label[..., 2]).all():
-            label = label[..., 0]
-        else:
-            raise AlsegError(f"label {path} is a colour image; expected one class index per pixel (a single-channel PNG)")
-    if label.dtype != np.uint8:
-        raise AlsegError(f"label {path} has {label.dtype} pixels; expected uint8 class indices")
-    return label
-
-
-def read_palette_png(path: Path) -> np.ndarray:
-    """uint8 [H, W] palette indices of a palette PNG (or the values of a greyscale one), not RGB."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as img:
-            if img.mode not in ("P", "L"):
-                raise AlsegError(f"label {path} has image mode {img.mode}; expected a palette (P) or greyscale (L) "
-                                 "PNG whose values are class indices")
-            return np.array(img, dtype=np.uint8)
-    except AlsegError:
-        raise
-    except Exception as exc:  # PIL raises several types for broken files
-        raise AlsegError(f"cannot read label {path}: {exc}") from exc
-
-
-def image_size(path: Path) -> tuple[int, int]:
-    """(height, width) of an image file, read from its header only."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as img:
-            return img.height, img.width
-    except Exception as exc:
-        raise AlsegError(f"cannot read image {path}: {exc}") from exc
 
 
 class DiskDataset:

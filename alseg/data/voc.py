@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from alseg.data.base import IGNORE
-from alseg.data.decode import DiskDataset, Item, label_table, read_palette_png
+from alseg.data.decode import DiskDataset, Item, label_table
+from alseg.data.read import read_palette_png
 
 CLASS_NAMES: tuple[str, ...] = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
