@@ -14,8 +14,10 @@ does the rest, the same for all of them:
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import stat
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -56,6 +58,26 @@ def label_table(mapping: dict[int, int]) -> np.ndarray:
     return table
 
 
+def path_problem(path: Path, folder: bool = True) -> str | None:
+    """What is wrong with `path` as an input folder (or file), said in a few words; None if nothing."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            return "does not exist"
+        return "is a symbolic link loop" if exc.errno == errno.ELOOP else f"cannot be opened ({exc.strerror})"
+    if not folder:
+        return None if stat.S_ISREG(mode) else "is not a file"
+    if not stat.S_ISDIR(mode):
+        return "is not a folder"
+    try:
+        with os.scandir(path):
+            pass
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
+    return None
+
+
 class DiskDataset:
     """A dataset read from files. Subclasses set the class attributes and `items`."""
 
@@ -86,23 +108,35 @@ class DiskDataset:
 
     # ---- shared ------------------------------------------------------------------------
     def root(self, cfg) -> Path:
-        """`dataset.root`, checked to be a folder."""
+        """`dataset.root`, checked to be a folder that can be read."""
         if cfg.get("root") in (None, ""):
             raise AlsegError(f"dataset.root is not set: pass dataset.root=PATH, the folder of {self.title} laid out as\n"
                              f"{self.layout}")
-        root = Path(str(cfg.root)).expanduser().resolve()
-        if not root.is_dir():
-            raise self.missing(root)
-        return root
+        root = Path(str(cfg.root)).expanduser()
+        problem = path_problem(root)
+        if problem == "does not exist":
+            raise self.missing(root.absolute())
+        if problem is not None:
+            raise AlsegError(f"{self.title}: dataset.root {root} {problem}; set dataset.root to the dataset's folder")
+        return root.resolve()
 
     def missing(self, path: Path, what: str = "does not exist") -> AlsegError:
         """The error for an incomplete layout: the missing path and the expected layout."""
         return AlsegError(f"{self.title}: {path} {what}.\nExpected layout under dataset.root:\n{self.layout}")
 
     def require(self, path: Path, is_dir: bool = True) -> Path:
-        if not (path.is_dir() if is_dir else path.is_file()):
-            raise self.missing(path)
+        """`path`, checked to be a readable folder (or a file); an error naming what is wrong."""
+        problem = path_problem(path, is_dir)
+        if problem is not None:
+            raise self.missing(path, problem)
         return path
+
+    def list_items(self, cfg, split: str) -> list[Item]:
+        """`items`, with an OSError while listing the layout (an unreadable folder or list) as one line."""
+        try:
+            return self.items(cfg, split)
+        except OSError as exc:
+            raise AlsegError(f"{self.title}: cannot read {exc.filename or 'dataset.root'}: {exc.strerror or exc}") from None
 
     def require_labels(self, items: list[Item]) -> list[Item]:
         """Check that every image has its label file."""
@@ -139,7 +173,7 @@ class DiskDataset:
     def load(self, cfg) -> SegDataset:
         """The training pool and the evaluation split (`dataset.eval_split`), from the cache."""
         splits = ("train", self.eval_split(cfg))
-        items = {split: self.items(cfg, split) for split in splits}  # the whole layout first, then decode
+        items = {split: self.list_items(cfg, split) for split in splits}  # the whole layout first, then decode
         train, val = (load_split(self, cfg, split, items[split]) for split in splits)
         return SegDataset(self.name, self.class_names, self.palette, train, val)
 
@@ -217,7 +251,7 @@ def _decode_into(ds: DiskDataset, items: Sequence[Item], size: tuple[int, int], 
 
 def decode_split(ds: DiskDataset, cfg, split: str) -> Split:
     """Decode every image of `split` at the working size into memory; no cache involved."""
-    items = ds.items(cfg, split)
+    items = ds.list_items(cfg, split)
     size = working_size(cfg)
     target = _target_size(ds, items, size, split)
     images = np.empty((len(items), *target, 3), np.uint8)
@@ -246,7 +280,7 @@ def split_cache_name(ds: DiskDataset, cfg, split: str, items: Sequence[Item], ta
 
 def load_split(ds: DiskDataset, cfg, split: str, items: Sequence[Item] | None = None) -> Split:
     """`split` at the working size, decoded once into the cache and memory-mapped afterwards."""
-    items = ds.items(cfg, split) if items is None else items
+    items = ds.list_items(cfg, split) if items is None else items
     size = working_size(cfg)
     target = _target_size(ds, items, size, split)
     n = len(items)
