@@ -52,8 +52,10 @@ def _writing(path: Path) -> Iterator[None]:
         yield
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise AlsegError(f"no space left on device while writing {path}: free space or set dataset.cache_dir") from None
-        raise AlsegError(f"cannot write {path}: {exc.strerror or exc}; set dataset.cache_dir to a writable folder") from None
+            raise AlsegError(f"no space left on device while writing {path}: free space or set "
+                             "dataset.cache_dir") from None
+        raise AlsegError(f"cannot write {path}: {exc.strerror or exc}; set dataset.cache_dir to a writable "
+                         "folder") from None
 
 
 def _allocate(fd: int) -> None:

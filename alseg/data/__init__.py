@@ -14,6 +14,9 @@ def _synthetic(cfg) -> SegDataset:
 
     height, width = cfg.size
     seed = int(cfg.data_seed)
+    for key in ("num_train", "num_val"):
+        if int(cfg[key]) < 0:
+            raise AlsegError(f"dataset.{key} must be a number of images (1 or more), got {cfg[key]}")
     train = Split(*synthetic.generate(int(cfg.num_train), height, width, seed))
     val = Split(*synthetic.generate(int(cfg.num_val), height, width, seed + 1))
     return SegDataset("synthetic", synthetic.CLASS_NAMES, synthetic.PALETTE, train, val)

@@ -136,7 +136,8 @@ class DiskDataset:
         try:
             return self.items(cfg, split)
         except OSError as exc:
-            raise AlsegError(f"{self.title}: cannot read {exc.filename or 'dataset.root'}: {exc.strerror or exc}") from None
+            where = exc.filename or "dataset.root"
+            raise AlsegError(f"{self.title}: cannot read {where}: {exc.strerror or exc}") from None
 
     def require_labels(self, items: list[Item]) -> list[Item]:
         """Check that every image has its label file."""

@@ -170,7 +170,7 @@ class Folder(DiskDataset):
             for part in self.splits:
                 listing = self.require(lists / f"{part}.txt", is_dir=False)
                 stems = []
-                for line in listing.read_text().splitlines():
+                for line in listing.read_text(errors="surrogateescape").splitlines():  # names as os.listdir gives them
                     name = line.strip()
                     if name and not name.startswith("#"):
                         name = Path(name).name

@@ -18,29 +18,26 @@ import numpy as np
 from alseg.errors import AlsegError
 
 FIX = "replace it, or remove it and its label from the dataset"
-_JPEG_MARKER = re.compile(rb"\xff+[^\x00\xd0-\xd7\xff]")  # in entropy-coded data: a marker, not a stuffed byte
+# FF then a marker byte (FF fill bytes before a marker are skipped as they do not match)
+_SEGMENT = re.compile(rb"\xff([^\x00\xff])")  # the next marker (libjpeg skips stray bytes before one)
+_IN_SCAN = re.compile(rb"\xff([^\x00\xd0-\xd7\xff])")  # in entropy-coded data: a marker that ends the scan
 
 
 def _jpeg_complete(data: bytes) -> bool:
-    """Whether a JPEG stream runs through its segments and scans to the end-of-image marker."""
-    i, n = 2, len(data)
-    while i + 1 < n:
-        if data[i] != 0xFF:
-            return False
-        marker = data[i + 1]
-        if marker == 0xD9:  # end of image
+    """Whether a JPEG stream runs through its segments and scans to its end-of-image marker."""
+    pattern, i = _SEGMENT, 2
+    while (found := pattern.search(data, i)) is not None:
+        marker, i = found.group(1)[0], found.end()
+        if marker == 0xD9:
             return True
-        if marker == 0xFF or 0xD0 <= marker <= 0xD7 or marker == 0x01:  # fill byte; markers without length
-            i += 1 if marker == 0xFF else 2
+        pattern = _SEGMENT
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # markers without a length
             continue
-        if i + 4 > n:
+        if i + 2 > len(data):
             return False
-        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
-        if marker == 0xDA:  # start of scan: skip the entropy-coded data to the next marker
-            found = _JPEG_MARKER.search(data, i)
-            if found is None:
-                return False
-            i = found.end() - 2
+        i += int.from_bytes(data[i:i + 2], "big")  # skip the segment (an EXIF thumbnail's own markers too)
+        if marker == 0xDA:  # start of scan: entropy-coded data follows
+            pattern = _IN_SCAN
     return False
 
 

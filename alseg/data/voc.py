@@ -88,7 +88,8 @@ class VOC(DiskDataset):
         labels = self.require(base / (AUG_LABELS if self.augmented(cfg, split) else "SegmentationClass"))
         listing = self.require(self.list_file(cfg, split), is_dir=False)
         # a line is an ID, or "/JPEGImages/ID.jpg /SegmentationClassAug/ID.png" (DeepLab's lists)
-        ids = [Path(line.split()[0]).stem for line in listing.read_text().splitlines() if line.strip()]
+        lines = listing.read_text(errors="surrogateescape").splitlines()  # names as os.listdir gives them
+        ids = [Path(line.split()[0]).stem for line in lines if line.strip()]
         if not ids:
             raise self.missing(listing, "lists no images")
         missing = [images / f"{i}.jpg" for i in ids if not (images / f"{i}.jpg").is_file()]
