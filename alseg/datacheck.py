@@ -36,7 +36,7 @@ def load_splits(cfg) -> tuple[str, tuple[str, ...], dict[str, Split]]:
         from alseg.data.decode import load_split
 
         ds = DISK_DATASETS[cfg.name]
-        items = {split: ds.items(cfg, split) for split in ds.present_splits(cfg)}  # the whole layout first
+        items = {split: ds.list_items(cfg, split) for split in ds.present_splits(cfg)}  # the whole layout first
         log.info("%s at %s: layout complete (%s)", ds.name, ds.root(cfg),
                  ", ".join(f"{split} {len(found)} images" for split, found in items.items()))
         return ds.name, ds.class_names, {split: load_split(ds, cfg, split, found) for split, found in items.items()}

@@ -14,6 +14,9 @@ def _synthetic(cfg) -> SegDataset:
 
     height, width = cfg.size
     seed = int(cfg.data_seed)
+    for key in ("num_train", "num_val"):
+        if int(cfg[key]) < 0:
+            raise AlsegError(f"dataset.{key} must be a number of images (1 or more), got {cfg[key]}")
     train = Split(*synthetic.generate(int(cfg.num_train), height, width, seed))
     val = Split(*synthetic.generate(int(cfg.num_val), height, width, seed + 1))
     return SegDataset("synthetic", synthetic.CLASS_NAMES, synthetic.PALETTE, train, val)
@@ -35,10 +38,19 @@ DISK_DATASETS: dict[str, DiskDataset] = {
 
 
 def load_dataset(cfg) -> SegDataset:
-    """Load the dataset that `cfg` (the `dataset` config group) names."""
+    """Load the dataset that `cfg` (the `dataset` config group) names; an AlsegError when its
+    training or evaluation split holds no images (an mIoU over no images is NaN)."""
     if cfg.name not in DATASETS:
         raise AlsegError(f"unknown dataset {cfg.name!r}; available: {', '.join(sorted(DATASETS))}")
-    return DATASETS[cfg.name](cfg)
+    data = DATASETS[cfg.name](cfg)
+    for role, split, part, count in (("training", "train", data.train, "num_train"),
+                                     ("evaluation", cfg.get("eval_split") or "val", data.val, "num_val")):
+        if len(part) == 0:
+            fix = (f"set dataset.{count} to 1 or more" if count in cfg else
+                   "put images of that split under dataset.root"
+                   + (" or choose another dataset.eval_split" if role == "evaluation" else ""))
+            raise AlsegError(f"dataset {data.name}: the {role} split {split!r} holds no images; {fix}")
+    return data
 
 
 def _disk(cfg) -> DiskDataset:

@@ -3,7 +3,8 @@
 Each dataset on disk (CamVid, Cityscapes, VOC) is a `DiskDataset`: it lists the
 (image, label) files of a split, reads a label file into raw values, and maps raw values to
 class indices through a 256-entry table (255 = ignore, -1 = a value that must not occur).
-This module does the rest, the same for all of them:
+Files are read through `alseg.data.read` (checked to be complete; any file name). This module
+does the rest, the same for all of them:
 
 - `decode_split` decodes every image of a split in parallel threads (cv2 releases the GIL),
   checks its labels, and resizes to `dataset.size`: images with area interpolation, labels
@@ -13,8 +14,10 @@ This module does the rest, the same for all of them:
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import stat
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -26,12 +29,14 @@ import cv2
 import numpy as np
 
 from alseg.cache import cache_key, cached_memmaps
+from alseg.cpus import usable_cpus
 from alseg.data.base import IGNORE, SegDataset, Split
+from alseg.data.read import image_size, read_image, read_index_png
 from alseg.errors import AlsegError
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 2  # bump when decoding changes, so old caches are not reused
+CACHE_VERSION = 3  # bump when decoding changes, so old caches are not reused (3: truncated files are errors)
 INVALID = -1  # label_table value of a raw label value that must not occur
 _warned: set[tuple] = set()
 _warn_lock = threading.Lock()
@@ -53,55 +58,24 @@ def label_table(mapping: dict[int, int]) -> np.ndarray:
     return table
 
 
-def read_image(path: Path) -> np.ndarray:
-    """uint8 RGB [H, W, 3] of an image file (PNG, JPEG, ...); AlsegError naming an unreadable file."""
-    # never rotate by EXIF orientation: labels are stored in the raw pixel order
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    if image is None:
-        raise AlsegError(f"cannot read image {path}: the file is missing, truncated or not an image")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
-def read_index_png(path: Path) -> np.ndarray:
-    """uint8 [H, W] of a label PNG that stores one class index (or label id) per pixel."""
-    label = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if label is None:
-        raise AlsegError(f"cannot read label {path}: the file is missing, truncated or not an image")
-    if label.ndim == 3:
-        if label.shape[2] == 3 and (label[..., 0] == label[..., 1]).all() and (label[..., 0] == label[..., 2]).all():
-            label = label[..., 0]
-        else:
-            raise AlsegError(f"label {path} is a colour image; expected one class index per pixel (a single-channel PNG)")
-    if label.dtype != np.uint8:
-        raise AlsegError(f"label {path} has {label.dtype} pixels; expected uint8 class indices")
-    return label
-
-
-def read_palette_png(path: Path) -> np.ndarray:
-    """uint8 [H, W] palette indices of a palette PNG (or the values of a greyscale one), not RGB."""
-    from PIL import Image
-
+def path_problem(path: Path, folder: bool = True) -> str | None:
+    """What is wrong with `path` as an input folder (or file), said in a few words; None if nothing."""
     try:
-        with Image.open(path) as img:
-            if img.mode not in ("P", "L"):
-                raise AlsegError(f"label {path} has image mode {img.mode}; expected a palette (P) or greyscale (L) "
-                                 "PNG whose values are class indices")
-            return np.array(img, dtype=np.uint8)
-    except AlsegError:
-        raise
-    except Exception as exc:  # PIL raises several types for broken files
-        raise AlsegError(f"cannot read label {path}: {exc}") from exc
-
-
-def image_size(path: Path) -> tuple[int, int]:
-    """(height, width) of an image file, read from its header only."""
-    from PIL import Image
-
+        mode = path.stat().st_mode
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            return "does not exist"
+        return "is a symbolic link loop" if exc.errno == errno.ELOOP else f"cannot be opened ({exc.strerror})"
+    if not folder:
+        return None if stat.S_ISREG(mode) else "is not a file"
+    if not stat.S_ISDIR(mode):
+        return "is not a folder"
     try:
-        with Image.open(path) as img:
-            return img.height, img.width
-    except Exception as exc:
-        raise AlsegError(f"cannot read image {path}: {exc}") from exc
+        with os.scandir(path):
+            pass
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
+    return None
 
 
 class DiskDataset:
@@ -134,23 +108,36 @@ class DiskDataset:
 
     # ---- shared ------------------------------------------------------------------------
     def root(self, cfg) -> Path:
-        """`dataset.root`, checked to be a folder."""
+        """`dataset.root`, checked to be a folder that can be read."""
         if cfg.get("root") in (None, ""):
             raise AlsegError(f"dataset.root is not set: pass dataset.root=PATH, the folder of {self.title} laid out as\n"
                              f"{self.layout}")
-        root = Path(str(cfg.root)).expanduser().resolve()
-        if not root.is_dir():
-            raise self.missing(root)
-        return root
+        root = Path(str(cfg.root)).expanduser()
+        problem = path_problem(root)
+        if problem == "does not exist":
+            raise self.missing(root.absolute())
+        if problem is not None:
+            raise AlsegError(f"{self.title}: dataset.root {root} {problem}; set dataset.root to the dataset's folder")
+        return root.resolve()
 
     def missing(self, path: Path, what: str = "does not exist") -> AlsegError:
         """The error for an incomplete layout: the missing path and the expected layout."""
         return AlsegError(f"{self.title}: {path} {what}.\nExpected layout under dataset.root:\n{self.layout}")
 
     def require(self, path: Path, is_dir: bool = True) -> Path:
-        if not (path.is_dir() if is_dir else path.is_file()):
-            raise self.missing(path)
+        """`path`, checked to be a readable folder (or a file); an error naming what is wrong."""
+        problem = path_problem(path, is_dir)
+        if problem is not None:
+            raise self.missing(path, problem)
         return path
+
+    def list_items(self, cfg, split: str) -> list[Item]:
+        """`items`, with an OSError while listing the layout (an unreadable folder or list) as one line."""
+        try:
+            return self.items(cfg, split)
+        except OSError as exc:
+            where = exc.filename or "dataset.root"
+            raise AlsegError(f"{self.title}: cannot read {where}: {exc.strerror or exc}") from None
 
     def require_labels(self, items: list[Item]) -> list[Item]:
         """Check that every image has its label file."""
@@ -187,7 +174,7 @@ class DiskDataset:
     def load(self, cfg) -> SegDataset:
         """The training pool and the evaluation split (`dataset.eval_split`), from the cache."""
         splits = ("train", self.eval_split(cfg))
-        items = {split: self.items(cfg, split) for split in splits}  # the whole layout first, then decode
+        items = {split: self.list_items(cfg, split) for split in splits}  # the whole layout first, then decode
         train, val = (load_split(self, cfg, split, items[split]) for split in splits)
         return SegDataset(self.name, self.class_names, self.palette, train, val)
 
@@ -239,15 +226,16 @@ def _decode_one(ds: DiskDataset, item: Item, size: tuple[int, int], resize: bool
 
 def _decode_into(ds: DiskDataset, items: Sequence[Item], size: tuple[int, int], resize: bool,
                  images: np.ndarray, labels: np.ndarray, what: str) -> None:
-    """Decode `items` into images[i], labels[i] with one thread per core, logging progress."""
+    """Decode `items` into images[i], labels[i] with one thread per usable core, logging progress."""
     n, start, done = len(items), time.perf_counter(), 0
     step = max(1, n // 10)
-    log.info("decoding %s: %d images to %dx%d with %d threads ...", what, n, *size, os.cpu_count() or 1)
+    threads = usable_cpus()
+    log.info("decoding %s: %d images to %dx%d with %d threads ...", what, n, *size, threads)
 
     def work(i: int) -> None:
         images[i], labels[i] = _decode_one(ds, items[i], size, resize)
 
-    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+    with ThreadPoolExecutor(threads) as pool:
         futures = [pool.submit(work, i) for i in range(n)]
         try:
             for future in as_completed(futures):
@@ -264,7 +252,7 @@ def _decode_into(ds: DiskDataset, items: Sequence[Item], size: tuple[int, int], 
 
 def decode_split(ds: DiskDataset, cfg, split: str) -> Split:
     """Decode every image of `split` at the working size into memory; no cache involved."""
-    items = ds.items(cfg, split)
+    items = ds.list_items(cfg, split)
     size = working_size(cfg)
     target = _target_size(ds, items, size, split)
     images = np.empty((len(items), *target, 3), np.uint8)
@@ -293,7 +281,7 @@ def split_cache_name(ds: DiskDataset, cfg, split: str, items: Sequence[Item], ta
 
 def load_split(ds: DiskDataset, cfg, split: str, items: Sequence[Item] | None = None) -> Split:
     """`split` at the working size, decoded once into the cache and memory-mapped afterwards."""
-    items = ds.items(cfg, split) if items is None else items
+    items = ds.list_items(cfg, split) if items is None else items
     size = working_size(cfg)
     target = _target_size(ds, items, size, split)
     n = len(items)

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from alseg.data.base import IGNORE, SegDataset
 from alseg.data.decode import DiskDataset, Item, label_table
+from alseg.data.read import decode_cv2, decode_pil
 from alseg.data.voc import voc_colormap
 from alseg.errors import AlsegError
 
@@ -169,7 +170,7 @@ class Folder(DiskDataset):
             for part in self.splits:
                 listing = self.require(lists / f"{part}.txt", is_dir=False)
                 stems = []
-                for line in listing.read_text().splitlines():
+                for line in listing.read_text(errors="surrogateescape").splitlines():  # names as os.listdir gives them
                     name = line.strip()
                     if name and not name.startswith("#"):
                         name = Path(name).name
@@ -221,9 +222,7 @@ class Folder(DiskDataset):
 
     def read_colour_mask(self, path: Path) -> np.ndarray:
         """uint8 [H, W] class indices (255 for ignore_color) of a colour mask; an error naming an unknown colour."""
-        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-        if bgr is None:
-            raise AlsegError(f"cannot read mask {path}: the file is missing, truncated or not an image")
+        bgr = decode_cv2(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION, "mask")
         keys = _rgb_key(bgr[..., ::-1])
         colours, inverse = np.unique(keys, return_inverse=True)
         classes = np.full(len(colours), -1, np.int32)
@@ -258,14 +257,8 @@ class Folder(DiskDataset):
 
 def read_index_mask(path: Path) -> np.ndarray:
     """uint8 [H, W] values of a class-index mask: greyscale, palette (read as indices) or grey RGB."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as img:
-            mode = img.mode
-            values = np.array(img)
-    except Exception as exc:  # PIL raises several types for broken files
-        raise AlsegError(f"cannot read mask {path}: {exc}") from exc
+    img = decode_pil(path, "mask")
+    mode, values = img.mode, np.array(img)
     if values.ndim == 3:
         if values.shape[2] in (3, 4) and (values[..., 0] == values[..., 1]).all() and (values[..., 0] == values[..., 2]).all():
             values = values[..., 0]

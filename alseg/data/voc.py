@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from alseg.data.base import IGNORE
-from alseg.data.decode import DiskDataset, Item, label_table, read_palette_png
+from alseg.data.decode import DiskDataset, Item, label_table
+from alseg.data.read import read_palette_png
 
 CLASS_NAMES: tuple[str, ...] = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -87,7 +88,8 @@ class VOC(DiskDataset):
         labels = self.require(base / (AUG_LABELS if self.augmented(cfg, split) else "SegmentationClass"))
         listing = self.require(self.list_file(cfg, split), is_dir=False)
         # a line is an ID, or "/JPEGImages/ID.jpg /SegmentationClassAug/ID.png" (DeepLab's lists)
-        ids = [Path(line.split()[0]).stem for line in listing.read_text().splitlines() if line.strip()]
+        lines = listing.read_text(errors="surrogateescape").splitlines()  # names as os.listdir gives them
+        ids = [Path(line.split()[0]).stem for line in lines if line.strip()]
         if not ids:
             raise self.missing(listing, "lists no images")
         missing = [images / f"{i}.jpg" for i in ids if not (images / f"{i}.jpg").is_file()]

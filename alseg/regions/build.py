@@ -4,13 +4,13 @@ A cache entry is `<cache_dir>/regions/<name>-maps.npy` ([N, H, W] in the smalles
 type that holds the largest id) and `<name>-counts.npy` (regions per image), stored through
 `alseg.cache.cached_memmaps` like the image cache: written under temporary names unique to
 the writer and renamed when complete, so jobs of a sweep that build the same entry at once
-all succeed and a reader never sees a partial entry. Maps come back memory-mapped read-only.
+all succeed and a reader never sees a partial entry; an entry damaged on disk (cut short) is
+built again. Maps come back memory-mapped copy-on-write.
 """
 from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
@@ -18,7 +18,8 @@ from typing import Callable
 
 import numpy as np
 
-from alseg.cache import cached_memmaps
+from alseg.cache import cached_memmaps, open_entries, scratch_memmap
+from alseg.cpus import usable_cpus as workers  # oracle.py imports `workers` from here
 from alseg.errors import AlsegError
 
 log = logging.getLogger(__name__)
@@ -41,14 +42,6 @@ def dense_ids(labels: np.ndarray) -> np.ndarray:
     present = np.bincount(labels.ravel()) > 0
     lut = np.cumsum(present) - 1
     return lut[labels].astype(np.int32)
-
-
-def workers() -> int:
-    """CPU cores this process may use (respects Slurm/taskset affinity)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
 
 
 class Progress:
@@ -83,16 +76,15 @@ def cached_maps(
     the end), then narrowed chunk by chunk into the cache entry; nothing is held in memory.
     """
     folder = Path(cache_dir) / "regions"
-    paths = [folder / f"{name}-{part}.npy" for part in ("maps", "counts")]
     n, h, w = images.shape[:3]
-    if all(p.exists() for p in paths):
-        log.info("%s: %d region maps found in the cache (%s)", what, n, paths[0])
-        return _load(folder, name)
+    specs = {"maps": ((n, h, w), None), "counts": ((n,), np.int64)}  # the maps' type depends on the ids
+    found = open_entries(folder, name, specs, mmap_mode="c")  # copy-on-write: torch can view them without copying
+    if found is not None:
+        log.info("%s: %d region maps found in the cache (%s)", what, n, folder / f"{name}-maps.npy")
+        return found["maps"], np.array(found["counts"])
 
-    folder.mkdir(parents=True, exist_ok=True)
-    # an anonymous file (unlinked from the start), so a killed build leaves nothing behind
-    with tempfile.TemporaryFile(dir=folder) as scratch:
-        wide = np.memmap(scratch, dtype=np.int32, mode="w+", shape=(n, h, w))
+    # an anonymous scratch file (unlinked from the start), so a killed build leaves nothing behind
+    with scratch_memmap(folder, (n, h, w), np.int32) as wide:
         counts = np.zeros(n, np.int64)
         log.info("%s: building region maps for %d images of %dx%d on %d threads ...", what, n, h, w, workers())
         progress = Progress(what, n)
@@ -111,16 +103,10 @@ def cached_maps(
                 arrays["maps"][s:s + CHUNK] = wide[s:s + CHUNK]
             arrays["counts"][:] = counts
 
-        cached_memmaps(folder, name, {"maps": ((n, h, w), dtype), "counts": ((n,), np.int64)}, fill)
+        built = cached_memmaps(folder, name, {**specs, "maps": ((n, h, w), dtype)}, fill, mmap_mode="c")
     log.info("%s: %d region maps (%s, %.1f regions per image) built in %.1fs and cached in %s",
-             what, n, dtype.name, counts.mean(), progress.elapsed, paths[0])
-    return _load(folder, name)
-
-
-def _load(folder: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """The cached maps, memory-mapped copy-on-write (so torch can view them without copying)."""
-    maps = np.load(folder / f"{name}-maps.npy", mmap_mode="c")
-    return maps, np.load(folder / f"{name}-counts.npy").astype(np.int64)
+             what, n, dtype.name, counts.mean(), progress.elapsed, folder / f"{name}-maps.npy")
+    return built["maps"], np.array(built["counts"])
 
 
 def require_ximgproc(region: str) -> None:
