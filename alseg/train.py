@@ -27,11 +27,13 @@ def train_cycle(
     cfg,
     generator: torch.Generator,
     cycle: int = 0,
+    report=None,
 ) -> int:
     """Train `model` with cross-entropy on revealed pixels only, over the images that have any:
     `cfg.epochs` passes over them, or exactly `cfg.iterations` optimiser steps (batches drawn
     from them, so that every strategy trains equally long). Returns the steps taken; a loss
-    that is not finite stops the run (training diverged)."""
+    that is not finite stops the run (training diverged). About five times per cycle,
+    `report(step, steps, mean_loss, lr)` hears the progress (alseg.callbacks)."""
     device = images.device
     targets = training_targets(revealed, device)
     labelled = torch.nonzero((targets != IGNORE).flatten(1).any(dim=1)).flatten().cpu()
@@ -64,6 +66,8 @@ def train_cycle(
                                  f"{len(batches)}; lower train.lr (now {cfg.lr})")
             log.info("  step %d/%d (epoch %.1f)  loss %.3f  (%.1fs)", step, len(batches), step / per_epoch, mean,
                      time.perf_counter() - start)
+            if report is not None:
+                report(step, len(batches), mean, optimiser.param_groups[0]["lr"])
             total, count = torch.zeros((), device=device), 0
     return len(batches)
 
