@@ -135,23 +135,17 @@ def score_pool(
     if keep_embeddings:
         if not is_split(models[0]):
             raise AlsegError(f"{s.name} needs embeddings: {type(models[0]).__name__} must have features(x) and head(features, size)")
-        if regions.maps is None:  # room for the embeddings of the most pixels asked in one image
-            lab_width = int((revealed.flatten(1) != NOT_ASKED).sum(dim=1).max())
-        else:
-            lab_width = r
-        cand_width = min(r, int(s.get("pixel_candidates", 1024))) if regions.maps is None else r
+        cand_width, lab_width = _embedding_widths(regions, revealed, int(s.get("pixel_candidates", 1024)))
     broken = torch.zeros((), dtype=torch.bool, device=device)
     for start in range(0, n, batch_size):
         batch = slice(start, min(start + batch_size, n))
         maps = regions.batch_maps(batch, device)
-        asked = revealed[batch] != NOT_ASKED
-        asked_regions = _to_regions(asked.to(torch.float32), maps, r, "amax") > 0
-        blocked = asked_regions.clone()
+        asked_regions = _to_regions((revealed[batch] != NOT_ASKED).to(torch.float32), maps, r, "amax") > 0
+        blocked = asked_regions | (torch.arange(r, device=device) >= counts[batch, None])  # asked, or padding
         if maps is None and s.get("exclude_void", True):
             blocked |= labels[batch].flatten(1) == IGNORE
-        blocked |= torch.arange(r, device=device) >= counts[batch, None]
         if not models:
-            batch_scores = torch.rand(len(asked), r, generator=draws, device=device)
+            batch_scores = torch.rand(len(blocked), r, generator=draws, device=device)
         else:
             keep: dict = {}
             x = to_input(images[batch])
@@ -169,6 +163,15 @@ def score_pool(
     if broken.item():
         raise AlsegError("the model's scores are NaN or infinite: training diverged (lower train.lr, or check the data)")
     return out
+
+
+def _embedding_widths(regions: Regions, revealed: torch.Tensor, pixel_candidates: int) -> tuple[int, int]:
+    """Candidates and asked regions kept per image: every region, or for pixel regions the
+    `pixel_candidates` best and room for the most pixels asked in one image."""
+    r = regions.max_regions
+    if regions.maps is not None:
+        return r, r
+    return min(r, pixel_candidates), int((revealed.flatten(1) != NOT_ASKED).sum(dim=1).max())
 
 
 def _keep_embeddings(out: PoolScores, batch: slice, embed, keys, asked, n, cand_width, lab_width) -> None:
