@@ -44,6 +44,7 @@ def train_cycle(
     schedule = make_schedule(optimiser, cfg, len(batches), per_epoch)
     precision = autocast(device)
     scaler = torch.amp.GradScaler(enabled=precision.fast_dtype == torch.float16 and device.type == "cuda")
+    average = WeightAverage(model, float(cfg.ema)) if cfg.get("ema") else None
     model.train()
     start = time.perf_counter()
     every = max(1, len(batches) // 5)
@@ -58,6 +59,8 @@ def train_cycle(
         scaler.step(optimiser)
         scaler.update()
         schedule.step()
+        if average is not None:
+            average.update()
         total, count = total + loss.detach(), count + 1
         if step % every == 0 or step == len(batches):
             mean = total.item() / count  # one sync per report, not per step
@@ -69,7 +72,32 @@ def train_cycle(
             if report is not None:
                 report(step, len(batches), mean, optimiser.param_groups[0]["lr"])
             total, count = torch.zeros((), device=device), 0
+    if average is not None:
+        average.finish()
     return len(batches)
+
+
+class WeightAverage:
+    """An exponential moving average of the weights (`train.ema` = its decay), with the usual
+    warm-up decay_t = min(decay, (1 + t) / (10 + t)) so that the first steps fade fast. It
+    smooths the end of training, where one last noisy step would otherwise decide a cycle's
+    mIoU; `finish` loads the average into the model (batch-norm statistics stay the model's)."""
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.average = [p.detach().clone() for p in self.params]
+        self.decay, self.steps = decay, 0
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.steps += 1
+        decay = min(self.decay, (1 + self.steps) / (10 + self.steps))
+        torch._foreach_lerp_(self.average, [p.detach() for p in self.params], 1 - decay)
+
+    @torch.no_grad()
+    def finish(self) -> None:
+        for p, a in zip(self.params, self.average):
+            p.copy_(a)
 
 
 def _batches(labelled: torch.Tensor, cfg, generator: torch.Generator) -> tuple[list[torch.Tensor], int]:

@@ -49,3 +49,23 @@ def test_encoder_learning_rate_and_step_schedule():
         opt.step()
         schedule.step()
     assert all(abs(a - b) < 1e-12 for a, b in zip(lrs, [1e-3] * 4 + [1e-4] * 2))
+
+
+def test_weight_average_follows_the_warmed_up_decay_and_loads_into_the_model():
+    import torch
+
+    from alseg.train import WeightAverage
+
+    model = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    average = WeightAverage(model, decay=0.99)
+    expected = 0.0
+    for step, value in enumerate([1.0, 2.0, 3.0], start=1):
+        with torch.no_grad():
+            model.weight.fill_(value)
+        average.update()
+        decay = min(0.99, (1 + step) / (10 + step))
+        expected = decay * expected + (1 - decay) * value
+    average.finish()
+    assert abs(model.weight.item() - expected) < 1e-6 and 0 < expected < 3.0
