@@ -1,34 +1,29 @@
 #!/usr/bin/env bash
-# The CamVid sweeps behind docs/results.md: protocol experiment=cpu_camvid, 2 seeds each.
+# The CamVid sweeps behind docs/results.md: protocol experiment=cpu_camvid, 3 seeds each,
+# paired by seed (runs of one seed share cycle 0 and the initial weights).
 # Usage: benchmarks/camvid_sweeps.sh [CAMVID_ROOT] [OUT_DIR] [extra overrides...]
-# Sweeps run one after another; PARALLEL=1 starts them all at once (for a GPU machine).
+# Each sweep runs JOBS runs at a time (joblib, one thread each; default 2 for 2 cores).
+# Then: alseg plot OUT_DIR/pixels* --baseline random --out docs/results/paired
 set -uo pipefail
 ROOT=${1:-../shared/data/camvid}
 OUT=${2:-outputs/camvid_results}
 shift 2 || true
 ALSEG=${ALSEG:-alseg}
-COMMON=(experiment=cpu_camvid "dataset.root=$ROOT" save_model=never overlay_images=2 "$@")
-CLICKS=(budget=clicks budget.initial=2000 budget.per_cycle=2000)
+JOBS=${JOBS:-2}
+export OMP_NUM_THREADS=1
+COMMON=(experiment=cpu_camvid "dataset.root=$ROOT" save_model=never overlay_images=2
+        hydra/launcher=joblib "hydra.launcher.n_jobs=$JOBS" "$@")
 
 sweep() {  # sweep NAME overrides...
     local name=$1; shift
-    $ALSEG run -m "${COMMON[@]}" "$@" seed=0,1 "hydra.sweep.dir=$OUT/$name" > "$OUT/$name.log" 2>&1
-    echo "$name: exit $?"
+    $ALSEG run -m "${COMMON[@]}" "$@" "hydra.sweep.dir=$OUT/$name" > "$OUT/$name.log" 2>&1
+    echo "$name: exit $? $(date +%H:%M:%S)"
 }
 
 mkdir -p "$OUT"
-jobs=(
-    "pixels_basic strategy=random,entropy,margin"
-    "pixels_top5 strategy=margin strategy.top_percent=0.05"
-    "pixels_classbal strategy=margin strategy.class_balance=true"
-    "pixels_diverse strategy=bald,coreset,hybrid"
-    "seeds_dominant region=seeds region.num_superpixels=150 annotation=dominant strategy=random,margin ${CLICKS[*]}"
-    "seeds_classbal region=seeds region.num_superpixels=150 annotation=dominant strategy=margin strategy.class_balance=true ${CLICKS[*]}"
-    "box_precise region=box region.size=16 annotation=precise strategy=random,margin ${CLICKS[*]}"
-    "full budget=full"
-)
-for job in "${jobs[@]}"; do
-    # shellcheck disable=SC2086
-    if [ "${PARALLEL:-0}" = 1 ]; then sweep $job & else sweep $job; fi
-done
-wait
+sweep pixels strategy=random,margin seed=0,1,2
+sweep pixels_power strategy=margin strategy.sampling=power seed=0,1,2
+sweep pixels_entropy strategy=entropy strategy.sampling=topk,power seed=0,1,2
+sweep full budget=full seed=0
+sweep pixels_top5 strategy=margin strategy.top_percent=0.05 seed=0,1,2
+sweep pixels_bald strategy=bald seed=0,1,2

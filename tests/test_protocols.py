@@ -61,3 +61,5 @@ def test_cpu_camvid_keeps_the_structure_at_a_small_size():
     assert cfg.dataset.name == "camvid" and cfg.dataset.eval_split == "val"
     assert (cfg.region.name, cfg.strategy.name, cfg.budget.name, cfg.budget.cycles) == ("pixel", "margin", "per_image", 4)
     assert cfg.model.encoder_weights is None
+    # every strategy trains equally long, with the averaged weights that steady a cycle's end
+    assert cfg.train.epochs is None and cfg.train.iterations == 150 and cfg.train.ema == 0.99
