@@ -19,6 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from alseg import query
+from alseg.config import RESULT_NEUTRAL_KEYS, check_config
 from alseg.data import load_dataset
 from alseg.device import resolve_device
 from alseg.errors import AlsegError
@@ -28,42 +29,13 @@ from alseg.oracle import NO_LABEL, Oracle
 from alseg.overlay import save_query_overlay
 from alseg.pool import Pool, atomic_write, record_selection
 from alseg.regions import Regions, build_regions
-from alseg.strategies import STRATEGIES, build_strategy, check_strategy, strategy_class
+from alseg.strategies import STRATEGIES, build_strategy, check_strategy
 from alseg.train import evaluate, train_cycle
 
 log = logging.getLogger(__name__)
 
-BUDGETS = ("per_image", "clicks", "full")
 # Keys that may change between a run and its resumption without changing its results.
-RESUME_FREE_KEYS = {"resume", "device", "save_model", "dataset.root", "dataset.cache_dir"}
-
-
-def check_config(cfg: DictConfig) -> None:
-    """Reject impossible settings before any work is done."""
-    b = cfg.budget
-    if b.name not in BUDGETS:
-        raise AlsegError(f"unknown budget {b.name!r}; available: {', '.join(BUDGETS)}")
-    if b.name != "full":
-        if b.initial <= 0 or b.per_cycle <= 0 or b.cycles < 0:
-            raise AlsegError("budget.initial and budget.per_cycle must be > 0 and budget.cycles >= 0")
-        if b.name == "per_image" and (int(b.initial) != b.initial or int(b.per_cycle) != b.per_cycle):
-            raise AlsegError("budget=per_image counts regions per image: budget.initial and budget.per_cycle must be integers")
-    kind = strategy_class(cfg.strategy)
-    if cfg.strategy.class_balance and not kind.needs_model:
-        raise AlsegError("strategy.class_balance weights model scores by predicted class: use it with a model-based strategy, not random")
-    top = cfg.strategy.top_percent
-    if top is not None and not 0 < top <= 1:
-        raise AlsegError(f"strategy.top_percent must be in (0, 1], got {top}")
-    if top is not None and kind.uses_embeddings:
-        raise AlsegError(f"strategy.top_percent samples at random among the top regions: it cannot be combined with {cfg.strategy.name}")
-    if kind.uses_embeddings and cfg.region.name == "pixel" and b.name == "clicks":
-        raise AlsegError(f"{cfg.strategy.name} with region=pixel works per image: use budget=per_image, or a region type with a map")
-    if cfg.strategy.aggregate not in ("mean", "sum", "max"):
-        raise AlsegError(f"strategy.aggregate must be mean, sum or max, got {cfg.strategy.aggregate!r}")
-    if cfg.save_model not in ("last", "every", "never"):
-        raise AlsegError(f"save_model must be last, every or never, got {cfg.save_model!r}")
-    if cfg.train.epochs < 1 or cfg.train.batch_size < 1:
-        raise AlsegError("train.epochs and train.batch_size must be >= 1")
+RESUME_FREE_KEYS = set(RESULT_NEUTRAL_KEYS)
 
 
 class RunFiles:
@@ -153,7 +125,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     info = {
         "dataset": cfg.dataset.name, "region": cfg.region.name, "annotation": cfg.annotation.name,
-        "strategy": cfg.strategy.name, "budget": cfg.budget.name, "seed": int(cfg.seed),
+        "strategy": cfg.strategy.name, "budget": cfg.budget.name, "seed": cfg.seed,  # checked in _run
     }
     files = RunFiles(out, cfg, info)
     rows: list[dict] = []
@@ -337,7 +309,7 @@ def _query(cycle, cfg, strategy, random_strategy, models, images, labels, pool, 
         torch.from_numpy(pool.revealed).to(images.device),
         regions, generator, cfg.train.eval_batch_size, num_classes, aggregate=s.aggregate,
         exclude_void=s.exclude_void, class_balance=active and s.class_balance,
-        pixel_candidates=int(s.get("pixel_candidates", 1024)),
+        pixel_candidates=s.get("pixel_candidates"),  # coreset and hybrid only
     )
     scores = scored.scores
     if scored.classes is not None:

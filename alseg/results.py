@@ -31,13 +31,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from alseg.config import RESULT_NEUTRAL_KEYS
+
 METRIC_COLUMNS = (
     "cycle", "clicks", "regions", "labelled_pixels", "labelled_fraction", "miou",
     "pixel_acc", "label_noise", "train_s", "query_s",
 )
 BOOKKEEPING_COLUMNS = ("run_dir", "status", "num_train_images", "pixels_per_image")
 PER_CLASS_PREFIXES = ("iou_", "revealed_")
-IGNORED_KEYS = ("seed", "resume", "device", "save_model", "dataset.root", "dataset.cache_dir")
+IGNORED_KEYS = ("seed", *RESULT_NEUTRAL_KEYS)  # seeds are averaged over
 ACRONYMS = ("seeds", "slic", "bald", "ceal", "unet")
 SUMMARY_GROUPS = ("dataset", "region", "annotation", "strategy", "budget")
 LABEL_ORDER = ("strategy", "region", "annotation", "budget", "dataset", "model", "train")
