@@ -128,7 +128,16 @@ def main(argv: list[str] | None = None) -> None:
         print(f"alseg: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         sys.exit(2)
     sys.argv = [f"alseg {command}", *rest]
-    apps[command]()
+    try:
+        apps[command]()
+    except SystemExit as exc:
+        from hydra.errors import HydraException
+
+        # Hydra prints its own errors (unknown option or key, malformed override) and exits 1;
+        # they are the user's, like ours: exit 2. A crash inside a job keeps exit 1.
+        if exc.code == 1 and isinstance(exc.__context__, HydraException):
+            sys.exit(2)
+        raise
     if _failures:
         sys.exit(2)
 

@@ -19,6 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from alseg import query, selection
+from alseg.config import RESULT_NEUTRAL_KEYS, check_config
 from alseg.data import load_dataset
 from alseg.device import device_generator, resolve_device
 from alseg.errors import AlsegError
@@ -28,54 +29,14 @@ from alseg.oracle import Oracle
 from alseg.overlay import save_query_overlay
 from alseg.pool import Pool, atomic_write, record_selection
 from alseg.regions import Regions, build_regions
-from alseg.strategies import STRATEGIES, build_strategy, check_strategy, strategy_class
+from alseg.strategies import STRATEGIES, build_strategy, check_strategy
 from alseg.selection import Budget, Selection
 from alseg.train import evaluate, train_cycle
 
 log = logging.getLogger(__name__)
 
-BUDGETS = ("per_image", "clicks", "full")
 # Keys that may change between a run and its resumption without changing its results.
-RESUME_FREE_KEYS = {"resume", "device", "save_model", "dataset.root", "dataset.cache_dir"}
-
-
-def check_config(cfg: DictConfig) -> None:
-    """Reject impossible settings before any work is done."""
-    b = cfg.budget
-    if b.name not in BUDGETS:
-        raise AlsegError(f"unknown budget {b.name!r}; available: {', '.join(BUDGETS)}")
-    if b.name != "full":
-        if b.initial <= 0 or b.per_cycle <= 0 or b.cycles < 0:
-            raise AlsegError("budget.initial and budget.per_cycle must be > 0 and budget.cycles >= 0")
-        if b.name == "per_image" and (int(b.initial) != b.initial or int(b.per_cycle) != b.per_cycle):
-            raise AlsegError("budget=per_image counts regions per image: budget.initial and budget.per_cycle must be integers")
-    kind = strategy_class(cfg.strategy)
-    strategy = kind(cfg.strategy)
-    mc = strategy.multi_pass and strategy.members == 1 or bool(cfg.strategy.get("mc"))
-    if mc and strategy.passes < 2:
-        raise AlsegError(f"strategy {cfg.strategy.name} compares stochastic passes: one pass cannot rank regions; "
-                         "set strategy.passes >= 2")
-    if mc and not cfg.model.get("_target_") and not cfg.model.get("dropout"):
-        raise AlsegError(f"strategy {cfg.strategy.name} samples MC dropout before the head: set model.dropout > 0 (e.g. 0.2)")
-    if cfg.strategy.class_balance and not kind.needs_model:
-        raise AlsegError("strategy.class_balance weights model scores by predicted class: use it with a model-based strategy, not random")
-    top = cfg.strategy.top_percent
-    if top is not None and not 0 < top <= 1:
-        raise AlsegError(f"strategy.top_percent must be in (0, 1], got {top}")
-    if top is not None and kind.uses_embeddings:
-        raise AlsegError(f"strategy.top_percent samples at random among the top regions: it cannot be combined with {cfg.strategy.name}")
-    if kind.uses_embeddings and cfg.region.name == "pixel" and b.name == "clicks":
-        raise AlsegError(f"{cfg.strategy.name} with region=pixel works per image: use budget=per_image, or a region type with a map")
-    if cfg.strategy.aggregate not in ("mean", "sum", "max"):
-        raise AlsegError(f"strategy.aggregate must be mean, sum or max, got {cfg.strategy.aggregate!r}")
-    if cfg.save_model not in ("last", "every", "never"):
-        raise AlsegError(f"save_model must be last, every or never, got {cfg.save_model!r}")
-    t = cfg.train
-    if (t.get("epochs") is None) == (t.get("iterations") is None):
-        raise AlsegError("set exactly one of train.epochs (passes over the labelled images) and train.iterations "
-                         "(optimiser steps per cycle), e.g. train.epochs=null train.iterations=2000")
-    if (t.get("epochs") or t.get("iterations")) < 1 or t.batch_size < 1:
-        raise AlsegError("train.epochs (or train.iterations) and train.batch_size must be >= 1")
+RESUME_FREE_KEYS = set(RESULT_NEUTRAL_KEYS)
 
 
 class RunFiles:
@@ -165,7 +126,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     info = {
         "dataset": cfg.dataset.name, "region": cfg.region.name, "annotation": cfg.annotation.name,
-        "strategy": cfg.strategy.name, "budget": cfg.budget.name, "seed": int(cfg.seed),
+        "strategy": cfg.strategy.name, "budget": cfg.budget.name, "seed": cfg.seed,  # checked in _run
     }
     files = RunFiles(out, cfg, info)
     rows: list[dict] = []

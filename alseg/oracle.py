@@ -146,9 +146,7 @@ class Oracle:
             raise AlsegError(f"unknown annotation {cfg.name!r}; available: dominant, precise")
         if not 0 <= cfg.noise < 1:
             raise AlsegError(f"annotation.noise must be in [0, 1), got {cfg.noise}")
-        self.epsilon = float(cfg.get("polygon_epsilon", 1.0))
-        if self.epsilon < 0:
-            raise AlsegError(f"annotation.polygon_epsilon must be >= 0 pixels, got {self.epsilon}")
+        self.epsilon = float(cfg.polygon_epsilon) if cfg.name == "precise" else None  # float: one cache key per value
         self.cfg, self.regions, self.truth, self.num_classes, self.rng = cfg, regions, truth, num_classes, rng
         self._costs: np.ndarray | None = None
 

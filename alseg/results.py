@@ -45,8 +45,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from alseg.config import RESULT_NEUTRAL_KEYS
+
 REQUIRED_COLUMNS = ("cycle", "clicks", "miou")  # a metrics.csv row without them is unusable
-IGNORED_KEYS = ("seed", "resume", "device", "save_model", "dataset.root", "dataset.cache_dir")
+IGNORED_KEYS = ("seed", *RESULT_NEUTRAL_KEYS)  # seeds are averaged over
 ACRONYMS = ("seeds", "slic", "bald", "ceal", "unet")
 SUMMARY_GROUPS = ("dataset", "region", "annotation", "strategy", "budget")
 LABEL_ORDER = ("strategy", "region", "annotation", "budget", "dataset", "model", "train")

@@ -32,17 +32,39 @@ def test_run_help_lists_the_config_groups(tmp_path):
 
 def test_unknown_strategy_lists_the_available_ones(tmp_path):
     result = alseg(tmp_path, "run", "strategy=nonexistent")
-    assert result.returncode != 0
+    assert result.returncode == 2
     assert "Could not find 'strategy/nonexistent'" in result.stderr
     assert "margin" in result.stderr and "entropy" in result.stderr
 
 
-def test_bad_value_exits_2_with_one_message(tmp_path):
-    result = alseg(tmp_path, "run", *TINY, "budget.per_cycle=0", "hydra.run.dir=bad")
+def test_hydra_errors_exit_2_with_hydras_message(tmp_path):
+    for override, message in [("train.nonexistent_key=1", "Could not override 'train.nonexistent_key'"),
+                              ("budget.per_cycle=[", "no viable alternative at input '['")]:
+        result = alseg(tmp_path, "run", override)
+        assert result.returncode == 2, result.stderr
+        assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bad_value_exits_2_with_one_message_before_any_cache_write(tmp_path):
+    result = alseg(tmp_path, "run", *TINY, "region=seeds", "annotation=precise", "train.optimizer=rmsprop", "hydra.run.dir=bad")
     assert result.returncode == 2
-    assert "budget.initial and budget.per_cycle must be > 0" in result.stdout + result.stderr
+    assert 'error: train.optimizer must be adam or sgd, got "rmsprop"' in result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
     assert json.loads((tmp_path / "bad" / "summary.json").read_text())["status"] == "failed"
+    assert not (tmp_path / "cache").exists()  # no decoded data, superpixels nor click costs
+
+
+def test_a_sweep_job_with_a_wrong_typed_value_fails_alone(tmp_path):
+    tiny = [o for o in TINY if not o.startswith(("budget.per_cycle", "budget.cycles", "train.epochs"))]
+    result = alseg(tmp_path, "run", "-m", *tiny, "budget.cycles=0", "train.epochs=1", "save_model=never",
+                   "budget.per_cycle=3,abc", "hydra.sweep.dir=sweep")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "1 run(s) of this sweep failed" in result.stderr and "Traceback" not in result.stderr
+    assert 'budget.per_cycle must be an integer >= 1, got "abc"' in result.stderr
+    (good,), (bad,) = (list(Path(tmp_path, "sweep").glob(f"*budget.per_cycle={v}*")) for v in (3, "abc"))
+    assert (good / "metrics.csv").exists() and (bad / "error.txt").exists()
+    for name in (good.name, bad.name):  # folders are not named by result-neutral keys
+        assert not any(key in name for key in ("device", "overlay_images", "save_model"))
 
 
 def test_run_then_sweep_then_plot(tmp_path):

@@ -102,7 +102,7 @@ def test_iterations_train_the_same_number_of_steps_however_the_labels_are_spread
 def test_metrics_record_train_steps_and_exactly_one_training_length_is_set(make_cfg, tmp_path):
     run(make_cfg("train.epochs=null", "train.iterations=3", "budget.cycles=1"), tmp_path / "run")
     assert pd.read_csv(tmp_path / "run" / "metrics.csv")["train_steps"].tolist() == [3, 3]
-    with pytest.raises(AlsegError, match="exactly one of train.epochs"):
+    with pytest.raises(AlsegError, match="train.iterations"):
         run(make_cfg("train.iterations=3"), tmp_path / "both")
 
 

@@ -30,7 +30,7 @@ def test_a_sweep_with_a_failed_job_finishes_the_others_and_exits_2(tmp_path):
                              *overrides, "budget.per_cycle=10,0", "hydra.sweep.dir=sweep"],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 2, result.stderr[-2000:]
-    assert "1 run(s) of this sweep failed" in result.stderr and "budget.per_cycle must be > 0" in result.stderr
+    assert "1 run(s) of this sweep failed" in result.stderr and "budget.per_cycle must be an integer >= 1" in result.stderr
     (good,), (bad,) = (list(Path(tmp_path, "sweep").glob(f"*budget.per_cycle={v}*")) for v in (10, 0))
     assert (good / "metrics.csv").exists() and not (good / "error.txt").exists()
-    assert "budget.per_cycle must be > 0" in (bad / "error.txt").read_text()
+    assert "budget.per_cycle must be an integer >= 1" in (bad / "error.txt").read_text()

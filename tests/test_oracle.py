@@ -24,7 +24,7 @@ MAPS = np.array([[
 
 def oracle(name="dominant", noise=0.0, maps=MAPS):
     regions = Regions("test" if maps is not None else "pixel", maps, np.array([4 if maps is not None else 16]))
-    cfg = OmegaConf.create({"name": name, "noise": noise})
+    cfg = OmegaConf.create({"name": name, "noise": noise, "polygon_epsilon": 1.0})
     return Oracle(cfg, regions, TRUTH, 3, np.random.default_rng(0))
 
 
@@ -54,7 +54,7 @@ def test_pixels_reveal_truth_and_void_pixels_get_no_label():
 def test_noise_flips_labels_at_the_configured_rate():
     truth = np.zeros((1, 100, 100), np.uint8)
     regions = Regions("pixel", None, np.array([10000]))
-    o = Oracle(OmegaConf.create({"name": "precise", "noise": 0.3}), regions, truth, 5, np.random.default_rng(0))
+    o = Oracle(OmegaConf.create({"name": "precise", "noise": 0.3, "polygon_epsilon": 1.0}), regions, truth, 5, np.random.default_rng(0))
     pool = Pool.empty(1, 100, 100)
     o.reveal(pool, np.zeros(10000, np.int64), np.arange(10000))
     assert 0.27 < pool.label_noise(truth) < 0.33

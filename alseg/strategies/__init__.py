@@ -47,7 +47,7 @@ class Strategy:
         mc = self.multi_pass or bool(self.cfg.get("mc", False))
         if not mc or self.cfg.get("committee", "dropout") == "models":
             return 1
-        return int(self.cfg.get("passes", 1))
+        return int(self.cfg.passes)
 
     @property
     def mc_scope(self) -> str:
