@@ -172,20 +172,24 @@ def _check_group(node: DictConfig, group: str) -> None:
     """One group's keys against SCHEMA[group] and, where its options differ, SCHEMA[group/option]
     (`custom` when `_target_` names a user's class, whose own keys are not known here)."""
     options = [key.partition("/")[2] for key in SCHEMA if key.startswith(f"{group}/")]
-    specs, where = dict(SCHEMA[group]), group
+    specs, where, foreign = dict(SCHEMA[group]), group, frozenset()
     if options:
         option = "custom" if "_target_" in node and "custom" in options else _value(node, "name", f"{group}.name")
         if option not in options:
             raise AlsegError(f"{group}.name must be one of {', '.join(options)}, got {option!r}")
         specs.update(SCHEMA[f"{group}/{option}"])
         where = f"{group}={option}"
-    _check_keys(node, specs, f"{group}.", where, closed=where != f"{group}=custom")
+        # an experiment overlay sets keys for several options (cai_*: region.num_superpixels for
+        # seeds, region.size for box): another option's key is passed over, a typo is not
+        foreign = frozenset(k for o in options for k in SCHEMA[f"{group}/{o}"]) - specs.keys()
+    _check_keys(node, specs, f"{group}.", where, closed=where != f"{group}=custom", foreign=foreign)
 
 
 def _check_keys(node: DictConfig, specs: dict[str, Accepts], prefix: str, where: str,
-                skip: tuple[str, ...] = (), closed: bool = True) -> None:
+                skip: tuple[str, ...] = (), closed: bool = True, foreign: frozenset = frozenset()) -> None:
     """Each key of `node` but `skip` against `specs` ("augment.scale" for a nested key); a key
-    not in `specs` is an error when `closed`."""
+    not in `specs` (nor in `foreign`, keys that other options of the group use) is an error
+    when `closed`."""
     for key in node:
         name = f"{prefix}{key}"
         if key in skip:
@@ -200,7 +204,7 @@ def _check_keys(node: DictConfig, specs: dict[str, Accepts], prefix: str, where:
         elif key in specs:
             if not specs[key].test(value):
                 raise AlsegError(f"{name} must be {specs[key].text}, got {_show(value)}")
-        elif closed:
+        elif closed and key not in foreign:
             raise AlsegError(f"{name} is not a key of {where}; its keys are {', '.join((*skip, *specs))}")
 
 

@@ -117,7 +117,7 @@ def test_every_protocol_passes_and_builds_its_model_offline(name):
     with initialize_config_module(config_module="alseg.conf", version_base="1.3"):
         cfg = compose(config_name="config", overrides=[f"experiment={name}", "model.encoder_weights=null"])
     check_config(cfg)
-    assert isinstance(build_model(cfg.model, 19, cfg.model.dropout), torch.nn.Module)
+    assert isinstance(build_model(cfg.model, 19), torch.nn.Module)
 
 
 @pytest.mark.parametrize("key", ["train.optimizer=rmsprop", "annotation.noise=2"])

@@ -63,3 +63,10 @@ def test_cpu_camvid_keeps_the_structure_at_a_small_size():
     assert cfg.model.encoder_weights is None
     # every strategy trains equally long, with the averaged weights that steady a cycle's end
     assert cfg.train.epochs is None and cfg.train.iterations == 150 and cfg.train.ema == 0.99
+
+
+def test_cai_overlay_passes_the_check_with_boxes_and_superpixels():
+    from alseg.config import check_config
+
+    for region in ("seeds", "box"):
+        check_config(protocol("cai_cityscapes", f"region={region}", "annotation=precise", "model.encoder_weights=null"))
