@@ -86,12 +86,15 @@ def _target(example: str) -> Accepts:
     return Accepts(f"the import path of {example}", lambda v: isinstance(v, str) and re.fullmatch(r"[\w.]+\.\w+", v))
 
 
+IMPORT_PATHS = Accepts("a list of import paths, e.g. [my_pkg.MyClass]",
+                       lambda v: isinstance(v, list) and all(isinstance(x, str) and "." in x for x in v))
 TOP = {
     "seed": integer(0),
     "device": Accepts("auto, cpu, cuda or cuda:N", lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", v)),
     "resume": FLAG,
     "save_model": choice("last", "every", "never"),
     "overlay_images": integer(0),
+    "callbacks": IMPORT_PATHS,
 }
 GROUPS = ("dataset", "region", "annotation", "strategy", "budget", "model", "train")
 PASSES = {"passes": integer(1), "mc_scope": choice("head", "full")}
@@ -127,7 +130,8 @@ SCHEMA: dict[str, dict[str, Accepts]] = {
     "annotation/precise": {"polygon_epsilon": number("[0, inf)")},
     "strategy": {"name": TEXT, "aggregate": choice("mean", "sum", "max"), "class_balance": FLAG,
                  "top_percent": nullable(number("(0, 1]")), "exclude_void": FLAG,
-                 "sampling": choice("topk", "power", "softmax", "softrank"), "beta": number("(0, inf)")},
+                 "sampling": choice("topk", "power", "softmax", "softrank"), "beta": number("(0, inf)"),
+                 "modifiers": IMPORT_PATHS},
     "strategy/random": {},
     **{f"strategy/{name}": MC for name in SCORES[:4]},
     **{f"strategy/{name}": COMMITTEE for name in SCORES[4:]},

@@ -4,8 +4,10 @@ A strategy only scores (alseg.strategies); what happens to the scores is compose
 the strategy's config keys, in this order, for every strategy that uses a model (a user's
 too): `class_balance` (ClassBalanced), `top_percent` (TopPercent), `sampling` (Stochastic) and,
 for strategies with embeddings, greedy k-center (KCenter, whose candidates are the
-`strategy.candidates` x batch best after the steps before). Each modifier maps scores [N, R]
-(-inf = not askable) to new scores; adding one is one class here and one entry in MODIFIERS.
+`strategy.candidates` x batch best after the steps before), then a user's own modifiers
+(`strategy.modifiers: [my_pkg.MyModifier]`, import paths). Each modifier maps scores [N, R]
+(-inf = not askable) to new scores; adding one is one class with `build(cfg, strategy)` and
+`__call__(scores, ctx)` (docs/extending.md).
 The batch is then taken in descending score (`select`), ties broken at random.
 """
 from __future__ import annotations
@@ -15,6 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from hydra.utils import get_class
+
+from alseg.errors import AlsegError
 
 
 @dataclass
@@ -167,8 +172,19 @@ def modifiers_for(strategy) -> list:
     strategy that does not use a model: cycle 0 and random stay one draw for every strategy)."""
     if not strategy.needs_model:
         return []
-    built = (m.build(strategy.cfg, strategy) for m in MODIFIERS)
+    kinds = [*MODIFIERS, *(_import_modifier(path) for path in strategy.cfg.get("modifiers") or [])]
+    built = (kind.build(strategy.cfg, strategy) for kind in kinds)
     return [m for m in built if m is not None]
+
+
+def _import_modifier(path: str):
+    try:
+        kind = get_class(path)
+    except Exception as exc:
+        raise AlsegError(f"cannot import strategy modifier {path}: {exc}") from exc
+    if not (hasattr(kind, "build") and callable(kind)):
+        raise AlsegError(f"strategy modifier {path} must be a class with build(cfg, strategy) and __call__(scores, ctx)")
+    return kind
 
 
 def choose(strategy, pool, budget: Budget, generator: torch.Generator, num_classes: int) -> Selection:

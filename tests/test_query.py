@@ -121,3 +121,21 @@ def test_mc_scoring_varies_only_through_dropout():
         assert not torch.equal(model(x), model(x))  # only dropout is stochastic ...
         bn = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
         assert bn and not any(m.training for m in bn)  # ... batch norm stays in eval mode
+
+
+def test_a_users_modifier_runs_after_the_built_in_ones(tmp_path, monkeypatch):
+    (tmp_path / "flip_modifier.py").write_text(
+        "class Flip:\n"
+        "    @classmethod\n"
+        "    def build(cls, cfg, strategy):\n"
+        "        return cls()\n"
+        "    def __call__(self, scores, ctx):\n"
+        "        return -scores\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = OmegaConf.create({"name": "margin", "modifiers": ["flip_modifier.Flip"]})
+    strategy = STRATEGIES["margin"](cfg)
+    assert [type(m).__name__ for m in selection.modifiers_for(strategy)] == ["Flip"]
+    scores = torch.tensor([[0.1, 0.9, 0.5]])
+    chosen = selection.choose(strategy, query.PoolScores(scores), selection.Budget(1, True), torch.Generator(), 2)
+    assert chosen.regions.tolist() == [0]  # the lowest score wins once flipped
