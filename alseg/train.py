@@ -46,7 +46,7 @@ def train_cycle(
     scaler = torch.amp.GradScaler(enabled=precision.fast_dtype == torch.float16 and device.type == "cuda")
     model.train()
     start = time.perf_counter()
-    report = max(1, len(batches) // 5)
+    every = max(1, len(batches) // 5)
     total, count = torch.zeros((), device=device), 0
     on_device = upload(torch.cat(batches), device).split([len(b) for b in batches])  # one copy, not one per step
     for step, chunk in enumerate(on_device, start=1):
@@ -59,7 +59,7 @@ def train_cycle(
         scaler.update()
         schedule.step()
         total, count = total + loss.detach(), count + 1
-        if step % report == 0 or step == len(batches):
+        if step % every == 0 or step == len(batches):
             mean = total.item() / count  # one sync per report, not per step
             if not math.isfinite(mean):
                 raise AlsegError(f"training diverged in cycle {cycle}: the loss became {mean} by step {step} of "
