@@ -30,7 +30,7 @@ from alseg.pool import Pool, atomic_write, record_selection
 from alseg.regions import Regions, build_regions
 from alseg.strategies import STRATEGIES, build_strategy, check_strategy, strategy_class
 from alseg.selection import Budget, Selection
-from alseg.train import evaluate, train_cycle
+from alseg.train import check_semi, evaluate, make_teacher, train_cycle
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,7 @@ def check_config(cfg: DictConfig) -> None:
                          "(optimiser steps per cycle), e.g. train.epochs=null train.iterations=2000")
     if (t.get("epochs") or t.get("iterations")) < 1 or t.batch_size < 1:
         raise AlsegError("train.epochs (or train.iterations) and train.batch_size must be >= 1")
+    check_semi(t)
 
 
 class RunFiles:
@@ -237,9 +238,10 @@ def _run(cfg: DictConfig, files: RunFiles, rows: list[dict], start_cycle: int) -
 
         t0 = time.perf_counter()
         for model, weights in zip(models, initial_weights):
+            teacher = make_teacher(model, cfg.train, cycle)  # the previous cycle's model, before reinit
             if cfg.train.reinit:
                 model.load_state_dict(weights)
-            steps = train_cycle(model, train_images, pool.revealed, cfg.train, generator, cycle)
+            steps = train_cycle(model, train_images, pool.revealed, cfg.train, generator, cycle, teacher=teacher)
         train_s = time.perf_counter() - t0
         cm = evaluate(models[0], val_images, val_labels, c, cfg.train.eval_batch_size)
 
