@@ -100,7 +100,7 @@ GROUPS = ("dataset", "region", "annotation", "strategy", "budget", "model", "tra
 PASSES = {"passes": integer(1), "mc_scope": choice("head", "full")}
 MC = {"mc": FLAG, **PASSES}
 COMMITTEE = {**PASSES, "committee": choice("dropout", "models"), "members": integer(1)}
-SCORES = ("entropy", "least_confidence", "margin", "ratio", "bald", "variation_ratio", "vote_entropy", "kl_consensus")
+SCORES = ("entropy", "least_confidence", "margin", "ratio", "ripu", "bald", "variation_ratio", "vote_entropy", "kl_consensus")
 COUNT = number("(0, inf)")
 
 SCHEMA: dict[str, dict[str, Accepts]] = {
@@ -134,7 +134,9 @@ SCHEMA: dict[str, dict[str, Accepts]] = {
                  "modifiers": IMPORT_PATHS},
     "strategy/random": {},
     **{f"strategy/{name}": MC for name in SCORES[:4]},
-    **{f"strategy/{name}": COMMITTEE for name in SCORES[4:]},
+    "strategy/ripu": {**MC, "kernel": Accepts("an odd integer >= 1 (the neighbourhood's side)",
+                                               lambda v: _is_int(v) and v >= 1 and v % 2 == 1)},
+    **{f"strategy/{name}": COMMITTEE for name in SCORES[5:]},
     "strategy/coreset": {"pixel_candidates": integer(1)},
     "strategy/hybrid": {**MC, "uncertainty": choice(*SCORES), "candidates": number("[1, inf)"), "pixel_candidates": integer(1)},
     "strategy/custom": {**MC, "_target_": _target("your Strategy subclass, e.g. strategy._target_=my_pkg.my_module.MyStrategy")},
@@ -149,7 +151,8 @@ SCHEMA: dict[str, dict[str, Accepts]] = {
               "optimizer": choice("adam", "sgd"), "lr": number("(0, inf)"), "encoder_lr": nullable(number("(0, inf)")),
               "momentum": number("[0, 1)"), "weight_decay": number("[0, inf)"), "schedule": choice("constant", "step", "poly"),
               "milestones": Accepts("a list of integers >= 1", lambda v: isinstance(v, list) and all(_is_int(x) and x >= 1 for x in v)),
-              "gamma": number("(0, inf)"), "reinit": FLAG, "ema": nullable(number("(0, 1)")), "eval_batch_size": integer(1), "augment.hflip": FLAG,
+              "gamma": number("(0, inf)"), "reinit": FLAG, "ema": nullable(number("(0, 1)")),
+              "semi": choice("none", "pseudo_label"), "pseudo_threshold": number("[0, 1]"), "pseudo_weight": number("[0, inf)"), "eval_batch_size": integer(1), "augment.hflip": FLAG,
               "augment.scale": nullable(Accepts("[min, max] with 0 < min <= max", lambda v: _pair(v, _is_number) and 0 < v[0] <= v[1])),
               "augment.jitter": number("[0, 1)")},
 }

@@ -31,7 +31,7 @@ from alseg.pool import Pool, atomic_write, record_selection
 from alseg.regions import Regions, build_regions
 from alseg.strategies import STRATEGIES, build_strategy, check_strategy
 from alseg.selection import Budget, Selection
-from alseg.train import evaluate, train_cycle
+from alseg.train import evaluate, make_teacher, train_cycle
 
 log = logging.getLogger(__name__)
 
@@ -198,9 +198,10 @@ def _run(cfg: DictConfig, files: RunFiles, rows: list[dict], start_cycle: int) -
 
         t0 = time.perf_counter()
         for model, weights in zip(models, initial_weights):
+            teacher = make_teacher(model, cfg.train, cycle)  # the previous cycle's model, before reinit
             if cfg.train.reinit:
                 model.load_state_dict(weights)
-            steps = train_cycle(model, train_images, pool.revealed, cfg.train, generator, cycle)
+            steps = train_cycle(model, train_images, pool.revealed, cfg.train, generator, cycle, teacher=teacher)
         train_s = time.perf_counter() - t0
         cm = evaluate(models[0], val_images, val_labels, c, cfg.train.eval_batch_size)
 

@@ -1,6 +1,8 @@
-"""One cycle of training on the revealed labels, and evaluation over a whole split."""
+"""One cycle of training on the revealed labels (optionally with pseudo-labels from the
+previous cycle's model), and evaluation over a whole split."""
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -15,9 +17,13 @@ from alseg.errors import AlsegError
 from alseg.metrics import confusion
 from alseg.augment import augment
 from alseg.model import autocast, normalise, to_input
-from alseg.pool import training_targets
+from alseg.pool import MAX_CLASSES, NOT_ASKED, training_targets
 
 log = logging.getLogger(__name__)
+
+# In the targets of train.semi=pseudo_label, a pixel never asked: a code no class id reaches
+# (alseg.pool.MAX_CLASSES), kept apart from IGNORE (void, crop padding) through augmentation.
+UNASKED = MAX_CLASSES
 
 
 def train_cycle(
@@ -28,17 +34,22 @@ def train_cycle(
     generator: torch.Generator,
     cycle: int = 0,
     report=None,
+    teacher: torch.nn.Module | None = None,
 ) -> int:
     """Train `model` with cross-entropy on revealed pixels only, over the images that have any:
     `cfg.epochs` passes over them, or exactly `cfg.iterations` optimiser steps (batches drawn
     from them, so that every strategy trains equally long). Returns the steps taken; a loss
     that is not finite stops the run (training diverged). About five times per cycle,
-    `report(step, steps, mean_loss, lr)` hears the progress (alseg.callbacks)."""
+    `report(step, steps, mean_loss, lr)` hears the progress (alseg.callbacks). A `teacher`
+    (train.semi=pseudo_label, see make_teacher) adds a pseudo-label term on the pixels of these
+    images that were never asked (`_loss`); the batches and steps stay the same."""
     device = images.device
     targets = training_targets(revealed, device)
     labelled = torch.nonzero((targets != IGNORE).flatten(1).any(dim=1)).flatten().cpu()
     if len(labelled) == 0:
         raise ValueError("no labelled pixels to train on")
+    if teacher is not None:
+        targets = targets.masked_fill(torch.from_numpy(np.asarray(revealed) == NOT_ASKED).to(device), UNASKED)
     batches, per_epoch = _batches(labelled, cfg, generator)
     optimiser = make_optimiser(model, cfg)
     schedule = make_schedule(optimiser, cfg, len(batches), per_epoch)
@@ -52,8 +63,7 @@ def train_cycle(
     on_device = upload(torch.cat(batches), device).split([len(b) for b in batches])  # one copy, not one per step
     for step, chunk in enumerate(on_device, start=1):
         x, y = augment(images[chunk].permute(0, 3, 1, 2).float(), targets[chunk], cfg.augment, generator)
-        with precision:
-            loss = F.cross_entropy(model(normalise(x)).float(), y.long(), ignore_index=IGNORE)
+        loss = _loss(model, teacher, normalise(x), y, cfg, precision)
         optimiser.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimiser)
@@ -98,6 +108,47 @@ class WeightAverage:
     def finish(self) -> None:
         for p, a in zip(self.params, self.average):
             p.copy_(a)
+
+
+def _loss(model: torch.nn.Module, teacher, x: torch.Tensor, y: torch.Tensor, cfg, precision) -> torch.Tensor:
+    """One batch's loss: cross-entropy on the revealed pixels of the (augmented) batch `x`, `y`;
+    with a teacher, plus `train.pseudo_weight` x pseudo_label_loss, the teacher labelling the
+    same augmented `x` in inference mode (pixels marked UNASKED in `y` are the unlabelled ones)."""
+    if teacher is not None:
+        unasked = y == UNASKED
+        y = y.masked_fill(unasked, IGNORE)
+        with torch.inference_mode(), precision:
+            labels, keep = pseudo_labels(teacher(x).float().softmax(dim=1), unasked, cfg.pseudo_threshold)
+        labels, keep = labels.clone(), keep.clone()  # plain tensors: the loss keeps them for backward
+    with precision:
+        logits = model(x).float()
+        loss = F.cross_entropy(logits, y.long(), ignore_index=IGNORE)
+        if teacher is not None:
+            loss = loss + cfg.pseudo_weight * pseudo_label_loss(logits, labels, keep, unasked)
+    return loss
+
+
+def pseudo_labels(probs: torch.Tensor, unasked: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The teacher's pseudo-labels (argmax of `probs` [B, C, H, W]) and where they count: the
+    pixels never asked whose confidence (max probability) exceeds `threshold`, [B, H, W] each."""
+    confidence, labels = probs.max(dim=1)
+    return labels, unasked & (confidence > threshold)
+
+
+def pseudo_label_loss(logits: torch.Tensor, labels: torch.Tensor, keep: torch.Tensor, unasked: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of `logits` against `labels` summed over the `keep` pixels, divided by the
+    number of pixels never asked (FixMatch's masked mean: the term grows with the share of
+    confident pixels instead of giving a few confident pixels the weight of all)."""
+    ce = F.cross_entropy(logits, labels, reduction="none")
+    return ce[keep].sum() / unasked.sum().clamp_min(1)
+
+
+def make_teacher(model: torch.nn.Module, cfg, cycle: int) -> torch.nn.Module | None:
+    """With train.semi=pseudo_label, from cycle 1 on: a frozen copy of `model` as the previous
+    cycle trained it (take it before re-initialising the model); None otherwise."""
+    if cfg.get("semi", "none") != "pseudo_label" or cycle == 0:
+        return None
+    return copy.deepcopy(model).eval().requires_grad_(False)
 
 
 def _batches(labelled: torch.Tensor, cfg, generator: torch.Generator) -> tuple[list[torch.Tensor], int]:

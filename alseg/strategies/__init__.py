@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Iterable
 
 import torch
+import torch.nn.functional as F
 from hydra.utils import get_class
 from omegaconf import OmegaConf
 
@@ -110,6 +111,26 @@ class Ratio(Strategy):
         return second / best.clamp_min(1e-12)
 
 
+class Ripu(Strategy):
+    """RIPU (Xie et al., CVPR 2022): region impurity x prediction uncertainty. The impurity of a
+    pixel is the entropy of the histogram of predicted classes (argmax) in the `strategy.kernel`
+    square around it; only pixels inside the image count at borders. The uncertainty is the
+    entropy of the pixel's own softmax."""
+
+    def __init__(self, cfg) -> None:
+        super().__init__(cfg)
+        kernel = cfg.get("kernel", 3)
+        if isinstance(kernel, bool) or not isinstance(kernel, int) or kernel < 1 or kernel % 2 == 0:
+            raise AlsegError(f"strategy.kernel must be an odd integer >= 1 (the side of the neighbourhood "
+                             f"around each pixel, e.g. strategy.kernel=3), got {kernel!r}")
+        self.kernel = kernel
+
+    def pixel_scores(self, probs):
+        hard = torch.zeros_like(probs).scatter_(1, probs.argmax(dim=1, keepdim=True), 1.0)
+        shares = F.avg_pool2d(hard, self.kernel, stride=1, padding=self.kernel // 2, count_include_pad=False)
+        return entropy(shares) * entropy(probs)
+
+
 class Bald(Strategy):
     """BALD mutual information: H[mean_t p_t] - mean_t H[p_t] over T passes."""
 
@@ -202,6 +223,7 @@ STRATEGIES: dict[str, type[Strategy]] = {
     "least_confidence": LeastConfidence,
     "margin": Margin,
     "ratio": Ratio,
+    "ripu": Ripu,
     "bald": Bald,
     "variation_ratio": VariationRatio,
     "vote_entropy": VoteEntropy,
