@@ -122,7 +122,8 @@ def _loss(model: torch.nn.Module, teacher, x: torch.Tensor, y: torch.Tensor, cfg
         labels, keep = labels.clone(), keep.clone()  # plain tensors: the loss keeps them for backward
     with precision:
         logits = model(x).float()
-        loss = F.cross_entropy(logits, y.long(), ignore_index=IGNORE)
+        # a mean over the labelled pixels that is 0, not NaN, when a crop left none in the batch
+        loss = F.cross_entropy(logits, y.long(), ignore_index=IGNORE, reduction="sum") / (y != IGNORE).sum().clamp_min(1)
         if teacher is not None:
             loss = loss + cfg.pseudo_weight * pseudo_label_loss(logits, labels, keep, unasked)
     return loss

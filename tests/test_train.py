@@ -69,3 +69,15 @@ def test_weight_average_follows_the_warmed_up_decay_and_loads_into_the_model():
         expected = decay * expected + (1 - decay) * value
     average.finish()
     assert abs(model.weight.item() - expected) < 1e-6 and 0 < expected < 3.0
+
+
+def test_a_batch_whose_labels_were_all_cropped_away_adds_nothing_instead_of_nan():
+    import torch
+    from omegaconf import OmegaConf
+
+    from alseg.train import _loss
+
+    model = torch.nn.Conv2d(3, 2, 1)
+    y = torch.full((1, 4, 4), 255, dtype=torch.uint8)
+    loss = _loss(model, None, torch.randn(1, 3, 4, 4), y, OmegaConf.create({}), torch.autocast("cpu", enabled=False))
+    assert loss.item() == 0.0
