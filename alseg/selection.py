@@ -95,6 +95,8 @@ class TopPercent:
     """PixelPick's top-n%: per image keep the `top_percent` most informative askable regions
     with uniform random scores, so that the batch is drawn uniformly among them."""
 
+    untied = True  # its scores are random draws or distinct ranks
+
     def __init__(self, fraction: float) -> None:
         self.fraction = fraction
 
@@ -113,6 +115,8 @@ class Stochastic:
     budget=per_image, over the pool for budget=clicks), by Gumbel-top-k: the scores become
     log-weight + Gumbel noise, and the greedy selection takes them in descending order."""
 
+    untied = True  # its scores are random draws or distinct ranks
+
     def __init__(self, mode: str, beta: float) -> None:
         self.mode, self.beta = mode, beta
 
@@ -129,8 +133,9 @@ class Stochastic:
             log_w = self.beta * scores
         else:
             log_w = -self.beta * torch.log(_ranks(scores, ctx).float())
-        u = torch.rand(scores.shape, generator=ctx.generator, device=scores.device).clamp_min(1e-30)
-        return torch.where(askable, log_w - torch.log(-torch.log(u)), -math.inf)
+        # Gumbel noise as -log(E), E ~ Exp(1): one draw and one log per region
+        exp = torch.empty(scores.shape, device=scores.device).exponential_(generator=ctx.generator)
+        return torch.where(askable, log_w - torch.log(exp), -math.inf)
 
 
 def _ranks(scores: torch.Tensor, ctx: Context) -> torch.Tensor:
@@ -145,6 +150,8 @@ def _ranks(scores: torch.Tensor, ctx: Context) -> torch.Tensor:
 class KCenter:
     """Greedy k-center in embedding space (core-set); with `strategy.candidates` (hybrid),
     only the candidates x (regions the budget buys) best-scoring regions take part."""
+
+    untied = True  # its scores are random draws or distinct ranks
 
     def __init__(self, multiple: float | None) -> None:
         self.multiple = multiple
@@ -190,10 +197,12 @@ def _import_modifier(path: str):
 def choose(strategy, pool, budget: Budget, generator: torch.Generator, num_classes: int) -> Selection:
     """The one entry point: modifiers over the pool's scores, then the batch within the budget."""
     ctx = Context(pool, budget, generator, num_classes)
-    scores = pool.scores
-    for modifier in modifiers_for(strategy):
+    scores, modifiers = pool.scores, modifiers_for(strategy)
+    for modifier in modifiers:
         scores = modifier(scores, ctx)
-    keys = order_keys(scores, generator)
+    # random draws (top percent, sampling) and k-center ranks do not tie: only scores need tie-breaks
+    untied = bool(modifiers) and getattr(modifiers[-1], "untied", False)
+    keys = scores if untied else order_keys(scores, generator)
     if budget.per_image:
         return select_per_image(keys, int(budget.amount))
     return select_by_clicks(keys, budget.costs, float(budget.amount))
