@@ -11,6 +11,7 @@ import math
 import logging
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from alseg import query, selection
+from alseg.callbacks import Callbacks, RunInfo, user_callbacks
 from alseg.config import RESULT_NEUTRAL_KEYS, check_config
 from alseg.data import load_dataset
 from alseg.device import device_generator, resolve_device
@@ -133,19 +135,69 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     start_cycle = _prepare_output(cfg, files, rows)  # reads only: a refused resume changes nothing
     if start_cycle is None:
         return json.loads((files.out / "summary.json").read_text())
+    hooks = Callbacks(user_callbacks(cfg.get("callbacks")))
     try:
-        return _run(cfg, files, rows, start_cycle)
+        return _run(cfg, files, rows, start_cycle, hooks)
     except BaseException as exc:
         message = str(exc) if isinstance(exc, AlsegError) else f"{type(exc).__name__}: {exc}"
         files.write_summary("failed", rows, message)
+        hooks.on_run_end(RunInfo(cfg, out, info), "failed", json.loads((out / "summary.json").read_text()))
         raise
 
 
-def _run(cfg: DictConfig, files: RunFiles, rows: list[dict], start_cycle: int) -> dict:
+@dataclass
+class Loop:
+    """What every cycle of a run uses, set up once (`_setup`)."""
+
+    cfg: DictConfig
+    files: RunFiles
+    hooks: Callbacks
+    run: RunInfo
+    data: object
+    regions: Regions
+    oracle: Oracle
+    strategy: object
+    models: list[torch.nn.Module]
+    initial_weights: list[dict]
+    tensors: dict[str, torch.Tensor]  # train_images, train_labels, val_images, val_labels on the device
+    costs: torch.Tensor | None
+    pool: Pool
+    generator: torch.Generator
+    rng: np.random.Generator
+
+
+def _run(cfg: DictConfig, files: RunFiles, rows: list[dict], start_cycle: int, hooks: Callbacks) -> dict:
     check_config(cfg)
     device = resolve_device(cfg.device)
     files.write_summary("running", rows)
+    loop = _setup(cfg, files, hooks, device)
+    if start_cycle > 0:
+        _restore(files, start_cycle - 1, loop.pool, loop.models, loop.generator, loop.rng, device)
+    cycles = 0 if cfg.budget.name == "full" else int(cfg.budget.cycles)
+    hooks.on_run_start(loop.run, start_cycle)
+    exhausted = None
+    for cycle in range(start_cycle, cycles + 1):
+        chosen, query_s = _ask(loop, cycle)
+        if chosen is None:
+            exhausted = f"the pool has no askable region left before cycle {cycle}; stopped after {cycle} cycles"
+            log.warning("warning: %s", exhausted)
+            break
+        rows.append(_learn(loop, cycle, query_s))
+        _save_cycle(loop, cycle, chosen, rows)
+        hooks.on_cycle_end(loop.run, cycle, rows[-1], rows)
+        log.info("cycle %d/%d  clicks %d  mIoU %.2f  pixel acc %.2f  (train %.1fs, query %.1fs)", cycle, cycles,
+                 loop.pool.clicks, rows[-1]["miou"], rows[-1]["pixel_acc"], rows[-1]["train_s"], query_s)
+    files.write_curve(rows)
+    if cfg.save_model in ("last", "every") and rows:
+        files.copy_model(rows[-1]["cycle"], files.out / "model.pt")
+    files.write_summary("completed", rows, exhausted, budget_exhausted=exhausted is not None)
+    summary = json.loads((files.out / "summary.json").read_text())
+    hooks.on_run_end(loop.run, "completed", summary)
+    return summary
 
+
+def _setup(cfg: DictConfig, files: RunFiles, hooks: Callbacks, device: torch.device) -> Loop:
+    """Data, regions, oracle, strategy and models of a run, its tensors on the device, an empty pool."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     generator = torch.Generator().manual_seed(int(cfg.seed))
@@ -155,72 +207,71 @@ def _run(cfg: DictConfig, files: RunFiles, rows: list[dict], start_cycle: int) -
     regions = _train_regions(cfg, data)
     oracle = Oracle(cfg.annotation, regions, data.train.labels, c, rng)
     strategy = build_strategy(cfg.strategy)
-    random_strategy = STRATEGIES["random"](cfg.strategy)
     check_strategy(strategy, c)
     models = _build_models(cfg, strategy, c, device)
     for model in models:
         _check_member(model, cfg, strategy, c, (h, w), device)
-    initial_weights = [copy.deepcopy(m.state_dict()) for m in models]
-    train_images = torch.from_numpy(np.asarray(data.train.images)).to(device)
-    train_labels = torch.from_numpy(np.asarray(data.train.labels)).to(device)
-    val_images = torch.from_numpy(np.asarray(data.val.images)).to(device)
-    val_labels = torch.from_numpy(np.asarray(data.val.labels)).to(device)
+    splits = {"train": data.train, "val": data.val}
+    tensors = {f"{split}_{kind}": torch.from_numpy(np.asarray(getattr(d, kind))).to(device)
+               for split, d in splits.items() for kind in ("images", "labels")}
     costs = oracle.costs()
-    costs = None if costs is None else torch.from_numpy(costs).to(device)
-    pool = Pool.empty(n, h, w, c)
-    if start_cycle > 0:
-        _restore(files, start_cycle - 1, pool, models, generator, rng, device)
-    cycles = 0 if cfg.budget.name == "full" else int(cfg.budget.cycles)
     log.info("%s: %d train / %d val images of %dx%d, %d classes, %s regions, strategy %s, budget %s on %s",
              cfg.dataset.name, n, len(data.val), h, w, c, regions.name, strategy.cfg.name, cfg.budget.name, device)
+    return Loop(cfg, files, hooks, RunInfo(cfg, files.out, files.info), data, regions, oracle, strategy, models,
+                [copy.deepcopy(m.state_dict()) for m in models], tensors,
+                None if costs is None else torch.from_numpy(costs).to(device), Pool.empty(n, h, w, c), generator, rng)
 
-    exhausted = None
-    for cycle in range(start_cycle, cycles + 1):
-        t0 = time.perf_counter()
-        if cfg.budget.name == "full":
-            chosen = Selection.empty()
-            spent = oracle.reveal_all(pool)
-            pool.regions += int(regions.counts.sum())
-        else:
-            chosen = _query(cycle, cfg, strategy, random_strategy, models, train_images, train_labels, pool, regions,
-                            costs, generator, c)
-            if len(chosen) == 0:
-                exhausted = f"the pool has no askable region left before cycle {cycle}; stopped after {cycle} cycles"
-                log.warning("warning: %s", exhausted)
-                break
-            spent = oracle.reveal(pool, chosen.images, chosen.regions)
-            pool.regions += len(chosen)
-        pool.clicks += spent
-        record_selection(files.state, cycle, chosen.images, chosen.regions)
-        query_s = time.perf_counter() - t0
-        if cycle > 0:
-            log.info("  asked %d regions (%d clicks) in %.1fs", len(chosen), spent, query_s)
 
-        t0 = time.perf_counter()
-        for model, weights in zip(models, initial_weights):
-            teacher = make_teacher(model, cfg.train, cycle)  # the previous cycle's model, before reinit
-            if cfg.train.reinit:
-                model.load_state_dict(weights)
-            steps = train_cycle(model, train_images, pool.revealed, cfg.train, generator, cycle, teacher=teacher)
-        train_s = time.perf_counter() - t0
-        cm = evaluate(models[0], val_images, val_labels, c, cfg.train.eval_batch_size)
+def _ask(loop: Loop, cycle: int) -> tuple[Selection | None, float]:
+    """Choose this cycle's regions and reveal their labels (every label with budget=full);
+    None when nothing is left to ask. Returns the selection and the seconds it took."""
+    t0 = time.perf_counter()
+    pool = loop.pool
+    if loop.cfg.budget.name == "full":
+        chosen = Selection.empty()
+        spent = loop.oracle.reveal_all(pool)
+        pool.regions += int(loop.regions.counts.sum())
+    else:
+        chosen = _query(loop, cycle)
+        if len(chosen) == 0:
+            return None, 0.0
+        spent = loop.oracle.reveal(pool, chosen.images, chosen.regions)
+        pool.regions += len(chosen)
+    pool.clicks += spent
+    record_selection(loop.files.state, cycle, chosen.images, chosen.regions)
+    query_s = time.perf_counter() - t0
+    if cycle > 0:
+        log.info("  asked %d regions (%d clicks) in %.1fs", len(chosen), spent, query_s)
+    return chosen, query_s
 
-        rows.append(_metrics_row(cycle, pool, data, cm, steps, train_s, query_s))
-        files.write_metrics(rows)
-        files.save_state(cycle, pool, models, generator, rng)
-        if cfg.save_model == "every":
-            files.copy_model(cycle, files.out / "checkpoints" / f"cycle_{cycle:02d}.pt")
-        save_query_overlay(files.out / "queries" / f"cycle_{cycle:02d}.png", data.train.images, pool.revealed,
-                           regions, (chosen.images, chosen.regions), data.palette, int(cfg.overlay_images))
-        files.write_summary("running", rows)
-        log.info("cycle %d/%d  clicks %d  mIoU %.2f  pixel acc %.2f  (train %.1fs, query %.1fs)",
-                 cycle, cycles, pool.clicks, rows[-1]["miou"], rows[-1]["pixel_acc"], train_s, query_s)
 
-    files.write_curve(rows)
-    if cfg.save_model in ("last", "every") and rows:
-        files.copy_model(rows[-1]["cycle"], files.out / "model.pt")
-    files.write_summary("completed", rows, exhausted, budget_exhausted=exhausted is not None)
-    return json.loads((files.out / "summary.json").read_text())
+def _learn(loop: Loop, cycle: int, query_s: float) -> dict:
+    """Train every model on what is revealed (from the initial weights with train.reinit),
+    evaluate the first; returns the cycle's metrics row."""
+    t0 = time.perf_counter()
+    report = lambda step, steps, loss, lr: loop.hooks.on_train_report(loop.run, cycle, step, steps, loss, lr)  # noqa: E731
+    for model, weights in zip(loop.models, loop.initial_weights):
+        teacher = make_teacher(model, loop.cfg.train, cycle)  # the previous cycle's model, before reinit
+        if loop.cfg.train.reinit:
+            model.load_state_dict(weights)
+        steps = train_cycle(model, loop.tensors["train_images"], loop.pool.revealed, loop.cfg.train, loop.generator,
+                            cycle, report=report, teacher=teacher)
+    train_s = time.perf_counter() - t0
+    cm = evaluate(loop.models[0], loop.tensors["val_images"], loop.tensors["val_labels"], loop.data.num_classes,
+                  loop.cfg.train.eval_batch_size)
+    return _metrics_row(cycle, loop.pool, loop.data, cm, steps, train_s, query_s)
+
+
+def _save_cycle(loop: Loop, cycle: int, chosen: Selection, rows: list[dict]) -> None:
+    """metrics.csv, the state a resume needs, checkpoints, the query overlay, summary.json."""
+    files, cfg = loop.files, loop.cfg
+    files.write_metrics(rows)
+    files.save_state(cycle, loop.pool, loop.models, loop.generator, loop.rng)
+    if cfg.save_model == "every":
+        files.copy_model(cycle, files.out / "checkpoints" / f"cycle_{cycle:02d}.pt")
+    save_query_overlay(files.out / "queries" / f"cycle_{cycle:02d}.png", loop.data.train.images, loop.pool.revealed,
+                       loop.regions, (chosen.images, chosen.regions), loop.data.palette, int(cfg.overlay_images))
+    files.write_summary("running", rows)
 
 
 def _train_regions(cfg: DictConfig, data) -> Regions:
@@ -298,16 +349,17 @@ def _restore(files: RunFiles, cycle: int, pool: Pool, models, generator, rng, de
         model.load_state_dict(torch.load(folder / name, map_location=device))
 
 
-def _query(cycle, cfg, strategy, random_strategy, models, images, labels, pool, regions, costs, generator, num_classes) -> Selection:
+def _query(loop: Loop, cycle: int) -> Selection:
     """Choose this cycle's regions: random in cycle 0, the strategy afterwards."""
-    active = cycle > 0 and strategy.needs_model
-    chooser = strategy if active else random_strategy
-    revealed = torch.from_numpy(pool.revealed).to(images.device)
-    scored = query.score_pool(chooser, models if active else [], images, labels, revealed, regions, generator,
-                              cfg.train.eval_batch_size, num_classes)
+    cfg, images = loop.cfg, loop.tensors["train_images"]
+    active = cycle > 0 and loop.strategy.needs_model
+    chooser = loop.strategy if active else STRATEGIES["random"](cfg.strategy)
+    revealed = torch.from_numpy(loop.pool.revealed).to(images.device)
+    scored = query.score_pool(chooser, loop.models if active else [], images, loop.tensors["train_labels"], revealed,
+                              loop.regions, loop.generator, cfg.train.eval_batch_size, loop.data.num_classes)
     amount = cfg.budget.initial if cycle == 0 else cfg.budget.per_cycle
-    budget = Budget(float(amount), cfg.budget.name == "per_image", costs)
-    return selection.choose(chooser, scored, budget, device_generator(generator, images.device), num_classes)
+    budget = Budget(float(amount), cfg.budget.name == "per_image", loop.costs)
+    return selection.choose(chooser, scored, budget, device_generator(loop.generator, images.device), loop.data.num_classes)
 
 
 def _metrics_row(cycle: int, pool: Pool, data, cm: np.ndarray, train_steps: int, train_s: float, query_s: float) -> dict:

@@ -1,0 +1,35 @@
+"""A user's hook sees every event of the loop, in order, with the run's numbers."""
+from __future__ import annotations
+
+import pandas as pd
+
+from alseg.callbacks import Callback
+from alseg.experiment import run
+
+EVENTS: list[tuple] = []
+
+
+class Recorder(Callback):
+    def on_run_start(self, run, start_cycle):
+        EVENTS.append(("start", start_cycle))
+
+    def on_train_report(self, run, cycle, step, steps, loss, lr):
+        EVENTS.append(("report", cycle, step, steps))
+
+    def on_cycle_end(self, run, cycle, row, rows):
+        EVENTS.append(("cycle", cycle, row["miou"], len(rows)))
+
+    def on_run_end(self, run, status, summary):
+        EVENTS.append(("end", status, summary["cycles_done"]))
+
+
+def test_a_user_callback_hears_start_reports_cycles_and_end(make_cfg, tmp_path):
+    EVENTS.clear()
+    run(make_cfg("callbacks=[test_callbacks.Recorder]", "budget.cycles=1", "train.epochs=null", "train.iterations=5"),
+        tmp_path / "run")
+    metrics = pd.read_csv(tmp_path / "run" / "metrics.csv")
+    assert EVENTS[0] == ("start", 0) and EVENTS[-1] == ("end", "completed", 2)
+    cycles = [e for e in EVENTS if e[0] == "cycle"]
+    assert cycles == [("cycle", c, m, c + 1) for c, m in zip(metrics["cycle"], metrics["miou"])]
+    reports = [e for e in EVENTS if e[0] == "report"]
+    assert {e[1] for e in reports} == {0, 1} and all(e[3] == 5 for e in reports) and reports[-1][2] == 5
