@@ -15,7 +15,6 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
             raise AlsegError(f"device={name} but no CUDA device is visible; use device=cpu or device=auto")
-        torch.backends.cudnn.benchmark = True
         try:
             return torch.device(name)
         except RuntimeError as exc:
@@ -23,6 +22,13 @@ def resolve_device(name: str) -> torch.device:
     if name != "cpu":
         raise AlsegError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
     return torch.device(name)
+
+
+def tune_convolutions(device: torch.device) -> None:
+    """On a GPU, let cuDNN pick the fastest convolution algorithms for the (fixed) input sizes
+    of a run: a process-wide torch setting, so the run switches it on where it starts."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
 
 
 def upload(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:

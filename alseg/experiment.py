@@ -23,7 +23,7 @@ from alseg import query, selection
 from alseg.callbacks import Callbacks, RunInfo, user_callbacks
 from alseg.config import RESULT_NEUTRAL_KEYS, check_config
 from alseg.data import load_dataset
-from alseg.device import device_generator, resolve_device
+from alseg.device import device_generator, resolve_device, tune_convolutions
 from alseg.errors import AlsegError
 from alseg.metrics import iou_per_class, miou, pixel_accuracy
 from alseg.model import build_model, check_model
@@ -169,6 +169,7 @@ class Loop:
 def _run(cfg: DictConfig, files: RunFiles, rows: list[dict], start_cycle: int, hooks: Callbacks) -> dict:
     check_config(cfg)
     device = resolve_device(cfg.device)
+    tune_convolutions(device)
     files.write_summary("running", rows)
     loop = _setup(cfg, files, hooks, device)
     if start_cycle > 0:

@@ -22,7 +22,7 @@ from hydra import compose, initialize_config_module
 
 from alseg import query, selection
 from alseg.data import decode_split, load_split
-from alseg.device import device_generator, resolve_device
+from alseg.device import device_generator, resolve_device, tune_convolutions
 from alseg.model import autocast, build_model, to_input
 from alseg.pool import Pool
 from alseg.regions import build_regions
@@ -177,6 +177,7 @@ def main() -> None:
 
     cfg = compose_cfg(args)
     device = resolve_device(cfg.device)
+    tune_convolutions(device)
     torch.manual_seed(0)
     result = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
               "cpu_count": os.cpu_count(), "torch": torch.__version__, "model": f"{cfg.model.arch}/{cfg.model.encoder}",
