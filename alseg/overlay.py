@@ -12,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from alseg.pool import atomic_write  # noqa: E402
 from alseg.regions import Regions  # noqa: E402
 
 OUTLINE = np.array([1.0, 0.9, 0.0])  # yellow: stands out from the dimmed image and the palettes
@@ -69,5 +70,5 @@ def save_query_overlay(
         ax.axis("off")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=DPI))
     plt.close(fig)

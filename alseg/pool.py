@@ -1,8 +1,10 @@
 """The labelled state of the pool: revealed labels, what was asked each cycle, clicks spent."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,12 +14,23 @@ from alseg.oracle import NO_LABEL
 
 
 def atomic_write(path: Path, write, mode: str = "wb") -> None:
-    """Call `write(file)` on a temporary file, then rename it onto `path`, so that a reader
-    never sees a partial file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, mode) as f:
-        write(f)
-    os.replace(tmp, path)
+    """Call `write(file)` on a temporary file named for this writer alone (pid and a random
+    tag, so that two writers never share one), flush it to disk, then rename it onto `path`:
+    a reader never sees a partial file. On any error the temporary file is removed, and an
+    OSError names `path`."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename in (None, str(tmp)):
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise
 
 
 @dataclass
