@@ -1,4 +1,5 @@
 """Errors a user can cause: reported as one message and exit code 2, no traceback."""
+import signal
 
 
 class AlsegError(Exception):
@@ -15,3 +16,14 @@ def printable(text: str) -> str:
         return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     except UnicodeEncodeError:  # a surrogate that is no escaped byte
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+class Refused(AlsegError):
+    """A run that may not go on in its directory: it stops before writing anything there."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A signal asked the run to stop (SIGTERM, as Slurm sends on pre-emption, or SIGINT)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum

@@ -9,13 +9,12 @@ import copy
 import json
 import math
 import logging
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
-import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -24,125 +23,51 @@ from alseg.callbacks import Callbacks, RunInfo, user_callbacks
 from alseg.config import RESULT_NEUTRAL_KEYS, check_config
 from alseg.data import load_dataset
 from alseg.device import device_generator, resolve_device, tune_convolutions
-from alseg.errors import AlsegError
+from alseg.errors import AlsegError, Refused
 from alseg.metrics import iou_per_class, miou, pixel_accuracy
 from alseg.model import build_model, check_model
 from alseg.oracle import Oracle
 from alseg.overlay import save_query_overlay
-from alseg.pool import Pool, atomic_write, record_selection
+from alseg.pool import Pool, record_selection
 from alseg.regions import Regions, build_regions
+from alseg.rundir import RunFiles
 from alseg.strategies import STRATEGIES, build_strategy, check_strategy
 from alseg.selection import Budget, Selection
+from alseg.state import RESUME_FREE_KEYS  # noqa: F401 (re-exported: derived from alseg.config)
 from alseg.train import evaluate, make_teacher, train_cycle
 
 log = logging.getLogger(__name__)
 
-# Keys that may change between a run and its resumption without changing its results.
-RESUME_FREE_KEYS = set(RESULT_NEUTRAL_KEYS)
 
-
-class RunFiles:
-    """metrics.csv, summary.json, curve.png and state/ of one run directory."""
-
-    def __init__(self, out: Path, cfg: DictConfig, info: dict):
-        self.out, self.cfg, self.info = out, cfg, info
-        self.state = out / "state"
-
-    def write_metrics(self, rows: list[dict]) -> None:
-        atomic_write(self.out / "metrics.csv", lambda f: pd.DataFrame(rows).to_csv(f, index=False), "w")
-
-    def write_summary(self, status: str, rows: list[dict], message: str | None = None, **extra) -> None:
-        from alseg.results import auc
-
-        x = [r["clicks"] for r in rows]
-        y = [r["miou"] for r in rows]
-        summary = {
-            "status": status,
-            "message": message,
-            **self.info,
-            "cycles_done": len(rows),
-            "final_miou": y[-1] if y else None,
-            "auc": auc(x, y) if len(rows) > 1 else None,
-            **extra,
-            "config": OmegaConf.to_container(self.cfg, resolve=True),
-        }
-        atomic_write(self.out / "summary.json", lambda f: json.dump(summary, f, indent=1), "w")
-
-    def write_curve(self, rows: list[dict]) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        ax.plot([r["clicks"] for r in rows], [r["miou"] for r in rows], "o-")
-        ax.set(xlabel="clicks", ylabel="mIoU (%)", title=f"{self.info['strategy']}, {self.info['region']}, seed {self.info['seed']}")
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(self.out / "curve.png", dpi=100)
-        plt.close(fig)
-
-    def save_state(self, cycle: int, pool: Pool, models: list, generator: torch.Generator, rng: np.random.Generator) -> None:
-        """State of a completed cycle in its own folder; `latest.json`, written last and
-        atomically, points at it, so a kill at any moment leaves a consistent state."""
-        folder = self.state / f"cycle_{cycle:02d}"
-        if folder.exists():
-            shutil.rmtree(folder)
-        pool.save(folder, {"cycle": cycle, "numpy_rng": rng.bit_generator.state})
-        atomic_write(folder / "model.pt", lambda f: torch.save(models[0].state_dict(), f))
-        for m, member in enumerate(models[1:], start=1):
-            atomic_write(folder / f"member_{m}.pt", lambda f, member=member: torch.save(member.state_dict(), f))
-        rng_states = {"generator": generator.get_state(), "global": torch.get_rng_state()}
-        atomic_write(folder / "torch_rng.pt", lambda f: torch.save(rng_states, f))
-        config = OmegaConf.to_container(self.cfg, resolve=True)
-        atomic_write(self.state / "latest.json", lambda f: json.dump({"cycle": cycle, "config": config}, f), "w")
-        for old in self.state.glob("cycle_*"):
-            if old != folder:
-                shutil.rmtree(old)
-
-
-    def copy_model(self, cycle: int, target: Path) -> None:
-        """Keep the weights trained in `cycle` as `target` (for save_model=last|every)."""
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(self.state / f"cycle_{cycle:02d}" / "model.pt", target)
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        out.update(_flatten(v, key + ".") if isinstance(v, dict) else {key: v})
-    return out
-
-
-def config_differences(saved: dict, current: dict) -> list[str]:
-    """Keys whose values differ between two configs, ignoring RESUME_FREE_KEYS."""
-    a, b = _flatten(saved), _flatten(current)
-    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if k not in RESUME_FREE_KEYS and a.get(k) != b.get(k)]
-
-
-def run(cfg: DictConfig, out_dir: str | Path) -> dict:
-    """Run one experiment into `out_dir`; returns the summary. Raises AlsegError for user errors
-    (after recording `"status": "failed"` and the message in summary.json)."""
+def run(cfg: DictConfig, out_dir: str | Path, record: Callable[[Path], None] | None = None) -> dict:
+    """Run one experiment into `out_dir`, which it holds (locked) until it ends; returns the
+    summary. Raises AlsegError for user errors, after recording `"status": "failed"` and the
+    message in summary.json, or Refused, having changed nothing, when the directory is not
+    this run's to use. A KeyboardInterrupt (or SIGTERM, through the CLI) records
+    `"status": "interrupted"`. `record(out_dir)` is called before the run's first write."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     info = {
         "dataset": cfg.dataset.name, "region": cfg.region.name, "annotation": cfg.annotation.name,
         "strategy": cfg.strategy.name, "budget": cfg.budget.name, "seed": cfg.seed,  # checked in _run
     }
-    files = RunFiles(out, cfg, info)
     rows: list[dict] = []
-    start_cycle = _prepare_output(cfg, files, rows)  # reads only: a refused resume changes nothing
-    if start_cycle is None:
-        return json.loads((files.out / "summary.json").read_text())
-    hooks = Callbacks(user_callbacks(cfg.get("callbacks")))
-    try:
-        return _run(cfg, files, rows, start_cycle, hooks)
-    except BaseException as exc:
-        message = str(exc) if isinstance(exc, AlsegError) else f"{type(exc).__name__}: {exc}"
-        files.write_summary("failed", rows, message)
-        hooks.on_run_end(RunInfo(cfg, out, info), "failed", json.loads((out / "summary.json").read_text()))
-        raise
+    with RunFiles(out, cfg, info, record) as files:
+        start_cycle = files.prepare(rows)  # reads only: a refused run changes nothing
+        if start_cycle is None:
+            return json.loads((files.out / "summary.json").read_text())
+        hooks = Callbacks(user_callbacks(cfg.get("callbacks")))
+        try:
+            return _run(cfg, files, rows, start_cycle, hooks)
+        except Refused:
+            raise
+        except BaseException as exc:
+            error = files.end(exc, rows)
+            if (files.out / "summary.json").exists():
+                summary = json.loads((files.out / "summary.json").read_text())
+                hooks.on_run_end(RunInfo(cfg, out, info), summary["status"], summary)
+            if error is exc:
+                raise
+            raise error from exc
 
 
 @dataclass
@@ -170,10 +95,9 @@ def _run(cfg: DictConfig, files: RunFiles, rows: list[dict], start_cycle: int, h
     check_config(cfg)
     device = resolve_device(cfg.device)
     tune_convolutions(device)
-    files.write_summary("running", rows)
-    loop = _setup(cfg, files, hooks, device)
+    loop = _setup(cfg, files, rows, hooks, device)
     if start_cycle > 0:
-        _restore(files, start_cycle - 1, loop.pool, loop.models, loop.generator, loop.rng, device)
+        files.restore(loop.pool, loop.models, loop.generator, loop.rng)
     cycles = 0 if cfg.budget.name == "full" else int(cfg.budget.cycles)
     hooks.on_run_start(loop.run, start_cycle)
     exhausted = None
@@ -197,12 +121,16 @@ def _run(cfg: DictConfig, files: RunFiles, rows: list[dict], start_cycle: int, h
     return summary
 
 
-def _setup(cfg: DictConfig, files: RunFiles, hooks: Callbacks, device: torch.device) -> Loop:
-    """Data, regions, oracle, strategy and models of a run, its tensors on the device, an empty pool."""
+def _setup(cfg: DictConfig, files: RunFiles, rows: list[dict], hooks: Callbacks, device: torch.device) -> Loop:
+    """Data, regions, oracle, strategy and models of a run, its tensors on the device, an empty
+    pool; the run's first write (summary.json, "running") once the data is known to be the
+    saved run's."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     generator = torch.Generator().manual_seed(int(cfg.seed))
     data = load_dataset(cfg.dataset)
+    files.check_data(data)
+    files.write_summary("running", rows)
     n, (h, w), c = len(data.train), data.train.size, data.num_classes
     files.info.update(num_train_images=n, image_size=[h, w], class_names=list(data.class_names))
     regions = _train_regions(cfg, data)
@@ -312,45 +240,6 @@ def _build_models(cfg: DictConfig, strategy, num_classes: int, device: torch.dev
     return models
 
 
-def _prepare_output(cfg: DictConfig, files: RunFiles, rows: list[dict]) -> int | None:
-    """The cycle to start from (0 for a new run), or None when a resumed run is complete."""
-    latest = files.state / "latest.json"
-    if not cfg.resume:
-        if (files.out / "metrics.csv").exists():
-            raise AlsegError(f"{files.out} already holds a run; add resume=true to continue it, or choose another hydra.run.dir")
-        return 0
-    if not latest.exists():
-        log.info("resume=true but %s has no saved state: starting from cycle 0", files.out)
-        return 0
-    saved = json.loads(latest.read_text())
-    diff = config_differences(saved["config"], OmegaConf.to_container(cfg, resolve=True))
-    if diff:
-        raise AlsegError("cannot resume: the config differs from the saved run:\n  " + "\n  ".join(diff))
-    rows.extend(pd.read_csv(files.out / "metrics.csv").to_dict("records")[: saved["cycle"] + 1])
-    summary = json.loads((files.out / "summary.json").read_text()) if (files.out / "summary.json").exists() else {}
-    if summary.get("status") == "completed":
-        log.info("%s is already complete (%d cycles); nothing to do", files.out, len(rows))
-        return None
-    log.info("resuming %s after cycle %d", files.out, saved["cycle"])
-    return saved["cycle"] + 1
-
-
-def _restore(files: RunFiles, cycle: int, pool: Pool, models, generator, rng, device) -> None:
-    """Load the state saved after `cycle`."""
-    folder = files.state / f"cycle_{cycle:02d}"
-    meta = json.loads((folder / "meta.json").read_text())
-    pool.revealed[:] = np.load(folder / "revealed.npy")
-    pool.clicks, pool.regions = meta["clicks"], meta["regions"]
-    rng.bit_generator.state = meta["numpy_rng"]
-    rng_states = torch.load(folder / "torch_rng.pt")
-    generator.set_state(rng_states["generator"])
-    torch.set_rng_state(rng_states["global"])
-    for m, model in enumerate(models):
-        name = "model.pt" if m == 0 else f"member_{m}.pt"
-        model.load_state_dict(torch.load(folder / name, map_location=device))
-
-
-def _query(loop: Loop, cycle: int) -> Selection:
     """Choose this cycle's regions: random in cycle 0, the strategy afterwards."""
     cfg, images = loop.cfg, loop.tensors["train_images"]
     active = cycle > 0 and loop.strategy.needs_model

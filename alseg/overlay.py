@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 from matplotlib.figure import Figure  # no pyplot: drawing files leaves the global backend alone
 
+from alseg.pool import atomic_write
 from alseg.regions import Regions
 
 OUTLINE = np.array([1.0, 0.9, 0.0])  # yellow: stands out from the dimmed image and the palettes
@@ -67,4 +68,4 @@ def save_query_overlay(
         ax.axis("off")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=DPI))

@@ -5,8 +5,10 @@ This module owns the revealed map's encoding: class ids 0..MAX_CLASSES-1, NO_LAB
 labelling) and NOT_ASKED; both markers are ignored in training (`training_targets`)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,12 +24,23 @@ MAX_CLASSES = NO_LABEL  # class ids 0..253 fit in a byte beside the two markers
 
 
 def atomic_write(path: Path, write, mode: str = "wb") -> None:
-    """Call `write(file)` on a temporary file, then rename it onto `path`, so that a reader
-    never sees a partial file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, mode) as f:
-        write(f)
-    os.replace(tmp, path)
+    """Call `write(file)` on a temporary file named for this writer alone (pid and a random
+    tag, so that two writers never share one), flush it to disk, then rename it onto `path`:
+    a reader never sees a partial file. On any error the temporary file is removed, and an
+    OSError names `path`."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename in (None, str(tmp)):
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise
 
 
 @dataclass

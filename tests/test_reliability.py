@@ -1,4 +1,4 @@
-"""Resuming after a kill, exhausted pools, save_model, weights files, errors a user can cause."""
+"""Resuming after a kill or a signal, exhausted pools, save_model, weights files, errors a user can cause."""
 import json
 import os
 import signal
@@ -15,32 +15,46 @@ from alseg.experiment import run
 from conftest import TINY
 
 TIMING = ["train_s", "query_s"]
-SLOW = [*TINY, "train.epochs=6", "budget.cycles=4", "strategy=margin", "dataset.num_train=24"]
+SLOW = [*TINY, "train.epochs=3", "budget.cycles=3", "strategy=margin"]
 
 
-def alseg_run(tmp_path, out, *overrides):
+def alseg_run(tmp_path, out, *overrides, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL):
     env = {**os.environ, "ALSEG_CACHE": str(tmp_path / "cache")}
     return subprocess.Popen([sys.executable, "-m", "alseg.cli", "run", *SLOW, f"hydra.run.dir={out}", *overrides],
-                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            cwd=tmp_path, env=env, stdout=stdout, stderr=stderr)
 
 
-def test_sigkill_mid_cycle_then_resume_gives_the_uninterrupted_metrics(tmp_path):
-    assert alseg_run(tmp_path, "whole").wait(timeout=600) == 0
-    job = alseg_run(tmp_path, "killed")
-    metrics = tmp_path / "killed" / "metrics.csv"
-    deadline = time.time() + 300
-    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
-        time.sleep(0.2)  # wait until cycle 1 is done ...
-    time.sleep(1.0)      # ... and cycle 2 has started training
-    assert job.poll() is None, "the run ended before it could be killed"
-    job.send_signal(signal.SIGKILL)
-    job.wait()
-    assert json.loads((tmp_path / "killed" / "summary.json").read_text())["status"] == "running"
-    assert alseg_run(tmp_path, "killed", "resume=true").wait(timeout=600) == 0
-    whole = pd.read_csv(tmp_path / "whole" / "metrics.csv").drop(columns=TIMING)
-    resumed = pd.read_csv(metrics).drop(columns=TIMING)
-    pd.testing.assert_frame_equal(whole, resumed)
-    assert json.loads((tmp_path / "killed" / "summary.json").read_text())["status"] == "completed"
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory):
+    """The metrics of an uninterrupted run of SLOW."""
+    root = tmp_path_factory.mktemp("whole")
+    assert alseg_run(root, "whole").wait(timeout=600) == 0
+    return pd.read_csv(root / "whole" / "metrics.csv").drop(columns=TIMING)
+
+
+@pytest.mark.parametrize("sig,code,status", [(signal.SIGKILL, -9, "running"), (signal.SIGTERM, 143, "interrupted"),
+                                             (signal.SIGINT, 130, "interrupted")])
+def test_a_signal_mid_run_then_resume_gives_the_uninterrupted_metrics(tmp_path, whole, sig, code, status):
+    log = tmp_path / "console.txt"
+    with open(log, "w") as console:
+        job = alseg_run(tmp_path, "stopped", stdout=console, stderr=subprocess.STDOUT)
+        metrics = tmp_path / "stopped" / "metrics.csv"
+        deadline = time.time() + 300
+        while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+            time.sleep(0.1)  # cycle 1 is done: cycles 2 and 3 are still to come
+        assert job.poll() is None, "the run ended before it could be stopped"
+        job.send_signal(sig)
+        assert job.wait(timeout=300) == code
+    summary = json.loads((tmp_path / "stopped" / "summary.json").read_text())
+    assert summary["status"] == status
+    if sig != signal.SIGKILL:  # one line says so, no traceback
+        out = log.read_text()
+        assert f"error: interrupted by {sig.name}" in out and "continue with resume=true" in out
+        assert "Traceback" not in out and out.count("error") == 1
+        assert f"interrupted by {sig.name}" in summary["message"]
+    assert alseg_run(tmp_path, "stopped", "resume=true").wait(timeout=600) == 0
+    pd.testing.assert_frame_equal(whole, pd.read_csv(metrics).drop(columns=TIMING))
+    assert json.loads((tmp_path / "stopped" / "summary.json").read_text())["status"] == "completed"
 
 
 def test_a_budget_larger_than_the_pool_finishes_what_it_can(make_cfg, tmp_path):
