@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import logging
 import time
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from alseg import query, selection
 from alseg.callbacks import Callbacks, RunInfo, user_callbacks
-from alseg.config import RESULT_NEUTRAL_KEYS, check_config
+from alseg.config import check_config
 from alseg.data import load_dataset
 from alseg.device import device_generator, resolve_device, tune_convolutions
 from alseg.errors import AlsegError, Refused
@@ -33,7 +32,6 @@ from alseg.regions import Regions, build_regions
 from alseg.rundir import RunFiles
 from alseg.strategies import STRATEGIES, build_strategy, check_strategy
 from alseg.selection import Budget, Selection
-from alseg.state import RESUME_FREE_KEYS  # noqa: F401 (re-exported: derived from alseg.config)
 from alseg.train import evaluate, make_teacher, train_cycle
 
 log = logging.getLogger(__name__)
@@ -240,6 +238,7 @@ def _build_models(cfg: DictConfig, strategy, num_classes: int, device: torch.dev
     return models
 
 
+def _query(loop: Loop, cycle: int) -> Selection:
     """Choose this cycle's regions: random in cycle 0, the strategy afterwards."""
     cfg, images = loop.cfg, loop.tensors["train_images"]
     active = cycle > 0 and loop.strategy.needs_model

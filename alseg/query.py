@@ -11,7 +11,6 @@ import math
 from dataclasses import dataclass
 from typing import Iterator
 
-import numpy as np
 import torch
 
 from alseg.device import device_generator

@@ -7,7 +7,8 @@ from hydra import compose, initialize_config_module
 
 from alseg.config import RESULT_NEUTRAL_KEYS, check_config
 from alseg.errors import AlsegError
-from alseg.experiment import RESUME_FREE_KEYS, run
+from alseg.experiment import run
+from alseg.state import RESUME_FREE_KEYS
 from alseg.model import build_model
 from alseg.results import IGNORED_KEYS
 
