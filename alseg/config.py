@@ -91,7 +91,7 @@ IMPORT_PATHS = Accepts("a list of import paths, e.g. [my_pkg.MyClass]",
 TOP = {
     "seed": integer(0),
     "device": Accepts("auto, cpu, cuda or cuda:N", lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", v)),
-    "resume": FLAG,
+    "resume": Accepts("true, false or a saved cycle number to resume from (resume=N)", lambda v: isinstance(v, bool) or (_is_int(v) and v >= 0)),
     "save_model": choice("last", "every", "never"),
     "overlay_images": integer(0),
     "callbacks": IMPORT_PATHS,

@@ -357,7 +357,7 @@ def test_an_empty_evaluation_split_of_any_dataset_is_an_error(tmp_path, monkeypa
 def test_a_run_with_an_empty_evaluation_split_fails_before_training(make_cfg, tmp_path):
     from alseg.experiment import run
 
-    with pytest.raises(AlsegError, match="'val' holds no images"):
+    with pytest.raises(AlsegError, match="num_val"):
         run(make_cfg("dataset.num_val=0"), tmp_path / "run")
     assert '"status": "failed"' in (tmp_path / "run" / "summary.json").read_text()
 
