@@ -8,18 +8,22 @@ for strategies with embeddings, greedy k-center (KCenter, whose candidates are t
 (`strategy.modifiers: [my_pkg.MyModifier]`, import paths). Each modifier maps scores [N, R]
 (-inf = not askable) to new scores; adding one is one class with `build(cfg, strategy)` and
 `__call__(scores, ctx)` (docs/extending.md).
-The batch is then taken in descending score (`select`), ties broken at random.
+The batch is then taken in descending score (`choose`), ties broken at random.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from hydra.utils import get_class
 
 from alseg.errors import AlsegError
+
+if TYPE_CHECKING:  # alseg.query imports this module
+    from alseg.query import PoolScores
 
 
 @dataclass
@@ -58,7 +62,7 @@ class Selection:
 class Context:
     """What modifiers may use besides the scores."""
 
-    pool: "PoolScores"  # noqa: F821 (alseg.query.PoolScores)
+    pool: PoolScores
     budget: Budget
     generator: torch.Generator  # on the scores' device
     num_classes: int
