@@ -1,7 +1,7 @@
 """Hooks into the active-learning loop: run start, each training report, cycle end, run end.
 
-What a run writes (alseg.experiment.RunFiles), the log lines, a tracker or a user's own hook
-are each one class with some of these methods; `callbacks: [my_pkg.MyHook]` (top level,
+A tracker, a progress display, a metrics column of one's own or any other hook is one class
+with some of these methods; `callbacks: [my_pkg.MyHook]` (top level,
 import paths) adds a user's. A hook gets the `RunInfo` of the run, which says what is running
 and where.
 """
@@ -34,7 +34,9 @@ class Callback:
         """A few times per cycle's training: the mean loss since the last report, the learning rate."""
 
     def on_cycle_end(self, run: RunInfo, cycle: int, row: dict, rows: list[dict]) -> None:
-        """After a cycle is trained, evaluated and saved: its metrics row, and all rows so far."""
+        """After a cycle is trained and evaluated, before its metrics row is written: `row` may
+        gain columns (they land in metrics.csv; `alseg plot` reads them as metrics, never as
+        config), `rows` holds every row so far."""
 
     def on_run_end(self, run: RunInfo, status: str, summary: dict) -> None:
         """Once, when the run completes, fails or is interrupted."""

@@ -106,8 +106,8 @@ def _run(cfg: DictConfig, files: RunFiles, rows: list[dict], start_cycle: int, h
             log.warning("warning: %s", exhausted)
             break
         rows.append(_learn(loop, cycle, query_s))
+        hooks.on_cycle_end(loop.run, cycle, rows[-1], rows)  # before it is written: a hook may add columns
         _save_cycle(loop, cycle, chosen, rows)
-        hooks.on_cycle_end(loop.run, cycle, rows[-1], rows)
         log.info("cycle %d/%d  clicks %d  mIoU %.2f  pixel acc %.2f  (train %.1fs, query %.1fs)", cycle, cycles,
                  loop.pool.clicks, rows[-1]["miou"], rows[-1]["pixel_acc"], rows[-1]["train_s"], query_s)
     files.write_curve(rows)

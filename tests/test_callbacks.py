@@ -33,3 +33,18 @@ def test_a_user_callback_hears_start_reports_cycles_and_end(make_cfg, tmp_path):
     assert cycles == [("cycle", c, m, c + 1) for c, m in zip(metrics["cycle"], metrics["miou"])]
     reports = [e for e in EVENTS if e[0] == "report"]
     assert {e[1] for e in reports} == {0, 1} and all(e[3] == 5 for e in reports) and reports[-1][2] == 5
+
+
+class GainColumn(Callback):
+    def on_cycle_end(self, run, cycle, row, rows):
+        row["miou_gain"] = row["miou"] - rows[-2]["miou"] if len(rows) > 1 else 0.0
+
+
+def test_a_callback_adds_a_metrics_column_that_plot_reads_as_a_metric(make_cfg, tmp_path):
+    from alseg.results import differing_keys, load_runs
+
+    for seed in (0, 1):
+        run(make_cfg("callbacks=[test_callbacks.GainColumn]", "budget.cycles=1", f"seed={seed}"), tmp_path / f"run{seed}")
+    metrics = pd.read_csv(tmp_path / "run0" / "metrics.csv")
+    assert metrics["miou_gain"].tolist() == [0.0, metrics["miou"][1] - metrics["miou"][0]]
+    assert "miou_gain" not in differing_keys(load_runs(tmp_path))  # a metric, never a grouping key
