@@ -42,7 +42,7 @@ def rejected(make_cfg, *overrides: str) -> str:
     (["annotation.noise=2"], "annotation.noise must be a number in [0, 1), got 2"),
     (["annotation=precise", "annotation.polygon_epsilon=-1"], "annotation.polygon_epsilon must be a number >= 0"),
     (["device=gpu"], 'device must be auto, cpu, cuda or cuda:N, got "gpu"'),
-    (["resume=yes"], 'resume must be true or false, got "yes"'),
+    (["resume=yes"], 'resume must be true, false or a saved cycle number to resume from (resume=N), got "yes"'),
     (["save_model=best"], "save_model must be last, every or never"),
     (["overlay_images=-1"], "overlay_images must be an integer >= 0"),
     (["region=seeds", "region.prior=9"], "region.prior must be an integer in [0, 5], got 9"),
