@@ -48,21 +48,21 @@ class Callbacks(Callback):
     def __init__(self, hooks: list[Callback]) -> None:
         self.hooks = hooks
 
-    def on_run_start(self, *args) -> None:
+    def _each(self, event: str, *args) -> None:
         for hook in self.hooks:
-            hook.on_run_start(*args)
+            getattr(hook, event)(*args)
+
+    def on_run_start(self, *args) -> None:
+        self._each("on_run_start", *args)
 
     def on_train_report(self, *args) -> None:
-        for hook in self.hooks:
-            hook.on_train_report(*args)
+        self._each("on_train_report", *args)
 
     def on_cycle_end(self, *args) -> None:
-        for hook in self.hooks:
-            hook.on_cycle_end(*args)
+        self._each("on_cycle_end", *args)
 
     def on_run_end(self, *args) -> None:
-        for hook in self.hooks:
-            hook.on_run_end(*args)
+        self._each("on_run_end", *args)
 
 
 def user_callbacks(paths) -> list[Callback]:

@@ -229,8 +229,6 @@ def _build_models(cfg: DictConfig, strategy, num_classes: int, device: torch.dev
     members = strategy.members
     if members == 1:
         return [build_model(cfg.model, num_classes).to(device)]
-    if members < 2:
-        raise AlsegError("strategy.committee=models needs strategy.members >= 2")
     models = []
     for m in range(members):
         torch.manual_seed(int(cfg.seed) + 1000 * m)

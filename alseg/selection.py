@@ -35,12 +35,11 @@ class Budget:
     costs: torch.Tensor | None = None  # [N, R] clicks per region; None: one click each
 
     def regions(self, askable: torch.Tensor) -> float:
-        """How many regions the budget buys in all: per image, `amount` each; in clicks,
-        `amount` / the mean cost of the askable regions (at least 1)."""
-        if self.per_image:
-            return self.amount * askable.shape[0]
-        mean_cost = 1.0 if self.costs is None else float(self.costs[askable].float().mean()) if askable.any() else 1.0
-        return max(1.0, self.amount / mean_cost)
+        """How many regions a click budget buys: `amount` / the mean cost of the askable
+        regions (at least 1)."""
+        if self.costs is None or not askable.any():
+            return max(1.0, self.amount)
+        return max(1.0, self.amount / float(self.costs[askable].float().mean()))
 
 
 @dataclass

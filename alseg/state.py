@@ -22,6 +22,7 @@ import torch
 from alseg.config import RESULT_NEUTRAL_KEYS
 from alseg.errors import AlsegError, Refused
 from alseg.pool import Pool, atomic_write
+from alseg.results import flatten_config
 
 # Keys that may change between a run and its resumption without changing its results.
 RESUME_FREE_KEYS = set(RESULT_NEUTRAL_KEYS)  # keys that may change between a run and its resumption
@@ -141,16 +142,8 @@ def data_differences(saved: dict, current: dict) -> list[str]:
 
 def config_differences(saved: dict, current: dict) -> list[str]:
     """Keys whose values differ between two configs, ignoring RESUME_FREE_KEYS."""
-    a, b = _flatten(saved), _flatten(current)
+    a, b = flatten_config(saved), flatten_config(current)
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if k not in RESUME_FREE_KEYS and a.get(k) != b.get(k)]
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        out.update(_flatten(v, key + ".") if isinstance(v, dict) else {key: v})
-    return out
 
 
 def _load(out: Path, cycle: int) -> SavedState:
