@@ -177,12 +177,13 @@ def _learn(loop: Loop, cycle: int, query_s: float) -> dict:
     evaluate the first; returns the cycle's metrics row."""
     t0 = time.perf_counter()
     report = lambda step, steps, loss, lr: loop.hooks.on_train_report(loop.run, cycle, step, steps, loss, lr)  # noqa: E731
+    label_sets = loop.pool.label_table()  # multi-class labels (annotation=multiclass), else None
     for model, weights in zip(loop.models, loop.initial_weights):
         teacher = make_teacher(model, loop.cfg.train, cycle)  # the previous cycle's model, before reinit
         if loop.cfg.train.reinit:
             model.load_state_dict(weights)
         steps = train_cycle(model, loop.tensors["train_images"], loop.pool.revealed, loop.cfg.train, loop.generator,
-                            cycle, report=report, teacher=teacher)
+                            cycle, report=report, teacher=teacher, label_sets=label_sets)
     train_s = time.perf_counter() - t0
     cm = evaluate(loop.models[0], loop.tensors["val_images"], loop.tensors["val_labels"], loop.data.num_classes,
                   loop.cfg.train.eval_batch_size)
