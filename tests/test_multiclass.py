@@ -18,6 +18,7 @@ from alseg.experiment import run
 from alseg.oracle import Oracle, _noisy_sets
 from alseg.pool import NO_LABEL, NOT_ASKED, Pool
 from alseg.regions import Regions
+from alseg.prototypes import localise
 from alseg.train import merged_positive_loss
 
 TRUTH = np.array([[
@@ -211,3 +212,40 @@ def test_seeds_per_image_stopped_and_resumed_gives_the_uninterrupted_run(make_cf
     pd.testing.assert_frame_equal(whole, resumed)
     assert whole["regions"].tolist() == [24, 48]  # 12 images x 2 regions per cycle
     assert (whole["label_noise"] > 0).all()  # dropped classes leave pixels outside their named set
+
+
+def test_prototypes_label_each_pixel_with_the_nearest_named_class():
+    # one region of 4 pixels named {0, 2}, one of 2 pixels named {1, 2}; 3 classes
+    probs = torch.tensor([[0.8, 0.1, 0.1], [0.5, 0.1, 0.4], [0.3, 0.1, 0.6], [0.1, 0.2, 0.7],
+                          [0.2, 0.7, 0.1], [0.1, 0.2, 0.7]])
+    features = torch.tensor([[1.0, 0.0], [0.9, 0.2], [0.2, 0.9], [0.0, 1.0], [1.0, 1.0], [0.0, 1.0]])
+    sets = torch.tensor([[True, False, True]] * 4 + [[False, True, True]] * 2)
+    region = torch.tensor([5, 5, 5, 5, 9, 9])
+    # region 5: prototype of 0 = pixel 0 (p_0 0.8), of 2 = pixel 3 (p_2 0.7): pixels 0, 1 -> 0, pixels 2, 3 -> 2;
+    # region 9: prototype of 1 = pixel 4, of 2 = pixel 5; class 0 has the highest p_0 of pixel 4 but is not named
+    assert localise(features, probs, sets, region).tolist() == [0, 0, 2, 2, 1, 2]
+
+
+def test_prototype_stage_trains_again_on_pixel_labels(make_cfg, tmp_path, monkeypatch):
+    import alseg.experiment as experiment
+
+    calls = []
+    real = experiment.prototype_labels
+
+    def spy(model, images, revealed, table, regions, batch_size):
+        out = real(model, images, revealed, table, regions, batch_size)
+        calls.append((revealed.copy(), table, out))
+        return out
+
+    monkeypatch.setattr(experiment, "prototype_labels", spy)
+    cfg = make_cfg("annotation=multiclass", "annotation.prototypes=true", "region=box", "region.size=8",
+                   "budget.initial=2", "budget.per_cycle=1", "budget.cycles=1", "train.epochs=1")
+    run(cfg, tmp_path / "run")
+    assert len(calls) == 2  # after each cycle's stage 1
+    revealed, table, pseudo = calls[-1]
+    c = table.shape[2]
+    multi = (revealed >= c) & (revealed < NO_LABEL)
+    assert multi.any() and (pseudo[multi] < c).all()  # every multi-class pixel gets one class ...
+    image = np.nonzero(multi)[0]
+    assert table[image, revealed[multi], pseudo[multi]].all()  # ... among those its region named
+    assert (pseudo[~multi] == revealed[~multi]).all()
