@@ -145,11 +145,11 @@ def merged_positive_loss(logits: torch.Tensor, y: torch.Tensor, table: torch.Ten
     [B, codes, C] bool, the classes each code names in each image (alseg.pool.Pool.label_table).
     A one-class set gives exactly the cross-entropy."""
     labelled = y < table.shape[1]
-    image = torch.arange(len(y), device=y.device)[:, None, None].expand_as(y)
-    named = table[image[labelled], y[labelled].long()]
-    z = logits.permute(0, 2, 3, 1)[labelled]
-    log_named = torch.logsumexp(z.masked_fill(~named, -math.inf), dim=1) - torch.logsumexp(z, dim=1)
-    return -log_named.sum() / labelled.sum().clamp_min(1)
+    image = torch.arange(len(y), device=y.device)[:, None, None]
+    # every class counts where nothing is labelled (no -inf there); no boolean indexing: no device sync
+    named = table[image, y.long().clamp_max(table.shape[1] - 1)].permute(0, 3, 1, 2) | ~labelled[:, None]
+    log_named = torch.logsumexp(logits.masked_fill(~named, -math.inf), dim=1) - torch.logsumexp(logits, dim=1)
+    return -torch.where(labelled, log_named, 0.0).sum() / labelled.sum().clamp_min(1)
 
 
 def pseudo_labels(probs: torch.Tensor, unasked: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
