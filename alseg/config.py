@@ -128,6 +128,7 @@ SCHEMA: dict[str, dict[str, Accepts]] = {
     "annotation": {"name": TEXT, "noise": number("[0, 1)")},
     "annotation/dominant": {},
     "annotation/precise": {"polygon_epsilon": number("[0, inf)")},
+    "annotation/multiclass": {"click_per_class": number("[1, inf)"), "prototypes": FLAG},
     "strategy": {"name": TEXT, "aggregate": choice("mean", "sum", "max"), "class_balance": FLAG,
                  "top_percent": nullable(number("(0, 1]")), "exclude_void": FLAG,
                  "sampling": choice("topk", "power", "softmax", "softrank"), "beta": number("(0, inf)"),

@@ -28,6 +28,7 @@ from alseg.model import build_model, check_model
 from alseg.oracle import Oracle
 from alseg.overlay import save_query_overlay
 from alseg.pool import Pool, record_selection
+from alseg.prototypes import prototype_labels
 from alseg.regions import Regions, build_regions
 from alseg.rundir import RunFiles
 from alseg.strategies import STRATEGIES, build_strategy, check_strategy
@@ -177,12 +178,22 @@ def _learn(loop: Loop, cycle: int, query_s: float) -> dict:
     evaluate the first; returns the cycle's metrics row."""
     t0 = time.perf_counter()
     report = lambda step, steps, loss, lr: loop.hooks.on_train_report(loop.run, cycle, step, steps, loss, lr)  # noqa: E731
+    label_sets = loop.pool.label_table()  # multi-class labels (annotation=multiclass), else None
+    stage2 = label_sets is not None and loop.cfg.annotation.get("prototypes", False)
+    images = loop.tensors["train_images"]
     for model, weights in zip(loop.models, loop.initial_weights):
         teacher = make_teacher(model, loop.cfg.train, cycle)  # the previous cycle's model, before reinit
         if loop.cfg.train.reinit:
             model.load_state_dict(weights)
-        steps = train_cycle(model, loop.tensors["train_images"], loop.pool.revealed, loop.cfg.train, loop.generator,
-                            cycle, report=report, teacher=teacher)
+        steps = train_cycle(model, images, loop.pool.revealed, loop.cfg.train, loop.generator,
+                            cycle, report=report, teacher=teacher, label_sets=label_sets)
+        if stage2:  # Hwang et al.'s stage 2: train again on the prototypes' pixel labels
+            pseudo = prototype_labels(model, images, loop.pool.revealed, label_sets, loop.regions,
+                                      loop.cfg.train.eval_batch_size)
+            if loop.cfg.train.reinit:
+                model.load_state_dict(weights)
+            steps += train_cycle(model, images, pseudo, loop.cfg.train, loop.generator, cycle, report=report,
+                                 teacher=teacher)
     train_s = time.perf_counter() - t0
     cm = evaluate(loop.models[0], loop.tensors["val_images"], loop.tensors["val_labels"], loop.data.num_classes,
                   loop.cfg.train.eval_batch_size)
@@ -218,6 +229,9 @@ def _check_member(model: torch.nn.Module, cfg: DictConfig, strategy, num_classes
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
     check_model(model, num_classes, size, device)
+    if cfg.annotation.get("prototypes") and not (hasattr(model, "features") and hasattr(model, "head")):
+        raise AlsegError("annotation.prototypes needs a model with features(x) and head(features, size): "
+                         "use a built-in model, or set annotation.prototypes=false")
     if strategy.uses_embeddings and not (hasattr(model, "features") and hasattr(model, "head")):
         raise AlsegError(f"strategy {cfg.strategy.name} needs embeddings: model {type(model).__name__} "
                          "must have features(x) and head(features, size)")

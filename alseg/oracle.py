@@ -18,6 +18,12 @@ Click costs (README.md, "Regions and costs"):
   and at least 1 click (looking at a region that holds only void is still a click).
   With R = the whole image (region=image) there are no border points, so an image costs
   its polygon count: components + vertices.
+- multiclass (Hwang et al., NeurIPS 2023): the annotator names every class present in the
+  region (a multi-hot answer; void is never named), for `annotation.click_per_class` clicks
+  per class named, and that for one class at least (a region holding only void still cost a
+  look). Void pixels inside the region stay unlabelled, as with precise labels. Pixel regions
+  name their one class, for 1 click (precise labels). The budget plans with the noise-free
+  costs; what a cycle spends counts the classes actually named.
 """
 from __future__ import annotations
 
@@ -45,6 +51,42 @@ def _with_noise(labels: np.ndarray, rate: float, num_classes: int, rng: np.rando
     wrong = (rng.random(labels.shape) < rate) & (labels < num_classes)
     shift = rng.integers(1, num_classes, size=labels.shape)
     return np.where(wrong, (labels.astype(np.int64) + shift) % num_classes, labels).astype(labels.dtype)
+
+
+def _noisy_sets(named: np.ndarray, rate: float, rng: np.random.Generator) -> np.ndarray:
+    """Annotator noise on multi-class answers (bool [K, C]): each answer naming a class is wrong
+    with probability `rate`; a wrong answer naming two or more classes drops one of them or (with
+    probability 1/2, and if a class is left to add) adds an absent one, an answer naming one
+    class adds an absent one; the class dropped or added is drawn uniformly."""
+    if rate <= 0:
+        return named
+    named = named.copy()
+    for k in np.flatnonzero((rng.random(len(named)) < rate) & named.any(axis=1)):
+        present, absent = np.flatnonzero(named[k]), np.flatnonzero(~named[k])
+        add = len(absent) > 0 and (len(present) == 1 or rng.random() < 0.5)
+        if add:
+            named[k, rng.choice(absent)] = True
+        elif len(present) > 1:
+            named[k, rng.choice(present)] = False
+    return named
+
+
+def multiclass_answers(region_of: np.ndarray, truth: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """The classes present in each region: for pixels with region ids `region_of` and ground
+    truth `truth` (both [P]), returns `which` [P] (each pixel's answer) and `named` bool [K, C]
+    (one answer per distinct region, in ascending id; void is never named)."""
+    _, which = np.unique(region_of, return_inverse=True)
+    named = np.zeros((int(which.max(initial=-1)) + 1, num_classes), bool)
+    seen = truth < num_classes
+    named[which[seen], truth[seen]] = True
+    return which, named
+
+
+def classes_per_region(rmap: np.ndarray, truth: np.ndarray, count: int, num_classes: int) -> np.ndarray:
+    """How many (non-void) classes each region 0..count-1 of one image holds, int64 [count]."""
+    cls = np.where(truth < num_classes, truth, num_classes).astype(np.int64)
+    hist = np.bincount((rmap.astype(np.int64) * (num_classes + 1) + cls).ravel(), minlength=count * (num_classes + 1))
+    return (hist[: count * (num_classes + 1)].reshape(count, num_classes + 1)[:, :num_classes] > 0).sum(axis=1)
 
 
 def _outer(contours, hierarchy) -> list[np.ndarray]:
@@ -139,13 +181,17 @@ def precise_costs(regions: Regions, truth: np.ndarray, epsilon: float) -> np.nda
 
 
 class Oracle:
-    """Reveals ground truth for `annotation=dominant|precise` and says what each region costs."""
+    """Reveals ground truth for `annotation=dominant|precise|multiclass` and says what each
+    region costs."""
 
     def __init__(self, cfg, regions: Regions, truth: np.ndarray, num_classes: int, rng: np.random.Generator):
-        if cfg.name not in ("dominant", "precise"):
-            raise AlsegError(f"unknown annotation {cfg.name!r}; available: dominant, precise")
+        if cfg.name not in ("dominant", "precise", "multiclass"):
+            raise AlsegError(f"unknown annotation {cfg.name!r}; available: dominant, precise, multiclass")
         if not 0 <= cfg.noise < 1:
             raise AlsegError(f"annotation.noise must be in [0, 1), got {cfg.noise}")
+        if cfg.name == "multiclass" and regions.maps is None and cfg.click_per_class != 1:
+            raise AlsegError(f"region=pixel names one class per pixel for 1 click: set annotation.click_per_class=1 "
+                             f"(got {cfg.click_per_class}) or choose a region type with a map")
         self.epsilon = float(cfg.polygon_epsilon) if cfg.name == "precise" else None  # float: one cache key per value
         self.cfg, self.regions, self.truth, self.num_classes, self.rng = cfg, regions, truth, num_classes, rng
         self._costs: np.ndarray | None = None
@@ -154,12 +200,18 @@ class Oracle:
     def precise(self) -> bool:
         return self.cfg.name == "precise"
 
+    @property
+    def multiclass(self) -> bool:
+        return self.cfg.name == "multiclass"
+
     def costs(self) -> np.ndarray | None:
         """Clicks per region as an int32 [N, R] array (0 beyond counts[i]), or None when every
         region costs one click (dominant labelling, or pixel regions). Precise costs are
         computed once per (data, regions, epsilon) and cached next to the region maps."""
-        if not self.precise or self.regions.maps is None:
+        if not (self.precise or self.multiclass) or self.regions.maps is None:
             return None
+        if self._costs is None and self.multiclass:
+            self._costs = self._multiclass_costs()
         if self._costs is None:
             build = lambda: precise_costs(self.regions, self.truth, self.epsilon)  # noqa: E731
             if self.regions.cache_dir is None or self.regions.key is None:
@@ -171,6 +223,8 @@ class Oracle:
 
     def reveal(self, pool, images: np.ndarray, regions: np.ndarray) -> float:
         """Reveal the labels of the chosen (image, region) pairs into `pool`; return clicks."""
+        if self.multiclass:
+            return self._reveal_multiclass(pool, images, regions, self.cfg.noise)
         if self.regions.maps is None:
             self._reveal_pixels(pool, images, regions)
         elif self.precise:
@@ -182,7 +236,12 @@ class Oracle:
 
     def reveal_all(self, pool) -> float:
         """Every label of the pool, exactly (budget=full, the supervised reference); returns
-        what asking every region would cost."""
+        what asking every region would cost. With multi-class labels, every region's answer
+        (without annotator noise)."""
+        if self.multiclass:
+            r = int(self.regions.counts.max(initial=0))
+            images, regions = np.nonzero(np.arange(r) < self.regions.counts[:, None])
+            return self._reveal_multiclass(pool, images, regions, 0.0)
         pool.reveal(slice(None), np.asarray(self.truth))
         costs = self.costs()
         return float(self.regions.counts.sum() if costs is None else costs.sum())
@@ -220,3 +279,36 @@ class Oracle:
                 truth = _with_noise(pieces % (c + 1), self.cfg.noise, c, self.rng)[inverse]
                 truth = np.where(truth == c, IGNORE, truth)
             pool.reveal((i, mask), truth)
+
+    def _multiclass_costs(self) -> np.ndarray:
+        """Clicks per region [N, R] (float32, 0 past counts[i]): click_per_class per class
+        present, one class at least."""
+        counts, n = self.regions.counts, len(self.regions.counts)
+        out = np.zeros((n, self.regions.max_regions), np.float32)
+        for i in range(n):
+            present = classes_per_region(np.asarray(self.regions.maps[i]), np.asarray(self.truth[i]), int(counts[i]),
+                                         self.num_classes)
+            out[i, : counts[i]] = np.maximum(present, 1) * float(self.cfg.click_per_class)
+        return out
+
+    def _reveal_multiclass(self, pool, images: np.ndarray, regions: np.ndarray, noise: float) -> float:
+        """Each chosen region's multi-hot answer into `pool` (Pool.reveal_sets); returns the
+        clicks: click_per_class per class named, one class at least per region."""
+        clicks, w = 0.0, self.truth.shape[2]
+        for i in np.unique(images):
+            chosen = regions[images == i]
+            if self.regions.maps is None:
+                where = np.divmod(chosen, w)
+                region_of = chosen
+            else:
+                rmap = np.asarray(self.regions.maps[i])
+                where = np.isin(rmap, chosen)
+                region_of = rmap[where]
+            truth = np.asarray(self.truth[i])[where]
+            which, named = multiclass_answers(region_of, truth, self.num_classes)
+            named = _noisy_sets(named, noise, self.rng)
+            clicks += float(np.maximum(named.sum(axis=1), 1).sum()) * float(self.cfg.click_per_class)
+            # void pixels stay unlabelled, as with precise labels: the extra empty answer
+            empty = np.zeros((1, self.num_classes), bool)
+            pool.reveal_sets(int(i), where, np.vstack([named, empty]), np.where(truth < self.num_classes, which, len(named)))
+        return clicks

@@ -45,6 +45,7 @@ class SavedState:
     revealed: np.ndarray
     torch_rng: dict
     weights: list[tuple[str, dict]]  # (file, state dict): model.pt, member_1.pt, ...
+    label_sets: np.ndarray | None = None  # multi-class label sets (alseg.pool.Pool.sets), if any
 
 
 def save_state(state: Path, cycle: int, pool: Pool, models: list, generator: torch.Generator,
@@ -103,6 +104,7 @@ def restore(saved: SavedState, pool: Pool, models: list, generator: torch.Genera
         raise AlsegError(f"{folder} holds {len(saved.weights)} model(s), this strategy trains {len(models)}: "
                          "start again in another hydra.run.dir")
     pool.revealed[:] = saved.revealed
+    pool.sets = saved.label_sets
     pool.clicks, pool.regions = saved.meta["clicks"], saved.meta["regions"]
     rng.bit_generator.state = saved.meta["numpy_rng"]
     generator.set_state(saved.torch_rng["generator"])
@@ -154,6 +156,8 @@ def _load(out: Path, cycle: int) -> SavedState:
     revealed = _read(out, folder / "revealed.npy", np.load)
     if revealed.dtype != np.uint8 or revealed.ndim != 3:
         raise Damaged(f"{_name(out, folder / 'revealed.npy')} is damaged (not a uint8 [N, H, W] map)")
+    sets_file = folder / "label_sets.npy"
+    label_sets = _read(out, sets_file, np.load) if sets_file.exists() else None
     torch_rng = _read(out, folder / "torch_rng.pt", _torch)
     members = len(list(folder.glob("member_*.pt")))
     weights = [(name, _read(out, folder / name, _torch)) for name in _weight_files(members + 1)]
@@ -166,7 +170,7 @@ def _load(out: Path, cycle: int) -> SavedState:
     if not isinstance(config, dict):
         raise Damaged(f"{_name(out, folder / 'meta.json')} is damaged (no config)")
     rows = metrics.iloc[: cycle + 1].to_dict("records")
-    return SavedState(cycle, config, meta.get("data"), rows, meta, revealed, torch_rng, weights)
+    return SavedState(cycle, config, meta.get("data"), rows, meta, revealed, torch_rng, weights, label_sets)
 
 
 def _latest_cycle(out: Path) -> int:

@@ -35,6 +35,7 @@ def train_cycle(
     cycle: int = 0,
     report=None,
     teacher: torch.nn.Module | None = None,
+    label_sets: np.ndarray | None = None,
 ) -> int:
     """Train `model` with cross-entropy on revealed pixels only, over the images that have any:
     `cfg.epochs` passes over them, or exactly `cfg.iterations` optimiser steps (batches drawn
@@ -42,7 +43,9 @@ def train_cycle(
     that is not finite stops the run (training diverged). About five times per cycle,
     `report(step, steps, mean_loss, lr)` hears the progress (alseg.callbacks). A `teacher`
     (train.semi=pseudo_label, see make_teacher) adds a pseudo-label term on the pixels of these
-    images that were never asked (`_loss`); the batches and steps stay the same."""
+    images that were never asked (`_loss`); the batches and steps stay the same. `label_sets`
+    (alseg.pool.Pool.label_table, annotation=multiclass) turns the cross-entropy into the merged
+    positive loss over each pixel's named classes."""
     device = images.device
     targets = training_targets(revealed, device)
     labelled = torch.nonzero((targets != IGNORE).flatten(1).any(dim=1)).flatten().cpu()
@@ -61,9 +64,10 @@ def train_cycle(
     every = max(1, len(batches) // 5)
     total, count = torch.zeros((), device=device), 0
     on_device = upload(torch.cat(batches), device).split([len(b) for b in batches])  # one copy, not one per step
+    table = None if label_sets is None else torch.from_numpy(label_sets).to(device)
     for step, chunk in enumerate(on_device, start=1):
         x, y = augment(images[chunk].permute(0, 3, 1, 2).float(), targets[chunk], cfg.augment, generator)
-        loss = _loss(model, teacher, normalise(x), y, cfg, precision)
+        loss = _loss(model, teacher, normalise(x), y, cfg, precision, None if table is None else table[chunk])
         optimiser.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimiser)
@@ -110,10 +114,12 @@ class WeightAverage:
             p.copy_(a)
 
 
-def _loss(model: torch.nn.Module, teacher, x: torch.Tensor, y: torch.Tensor, cfg, precision) -> torch.Tensor:
-    """One batch's loss: cross-entropy on the revealed pixels of the (augmented) batch `x`, `y`;
-    with a teacher, plus `train.pseudo_weight` x pseudo_label_loss, the teacher labelling the
-    same augmented `x` in inference mode (pixels marked UNASKED in `y` are the unlabelled ones)."""
+def _loss(model: torch.nn.Module, teacher, x: torch.Tensor, y: torch.Tensor, cfg, precision,
+          table: torch.Tensor | None = None) -> torch.Tensor:
+    """One batch's loss: cross-entropy on the revealed pixels of the (augmented) batch `x`, `y`
+    (with label sets `table` [B, codes, C], the merged positive loss); with a teacher, plus
+    `train.pseudo_weight` x pseudo_label_loss, the teacher labelling the same augmented `x` in
+    inference mode (pixels marked UNASKED in `y` are the unlabelled ones)."""
     if teacher is not None:
         unasked = y == UNASKED
         y = y.masked_fill(unasked, IGNORE)
@@ -123,10 +129,27 @@ def _loss(model: torch.nn.Module, teacher, x: torch.Tensor, y: torch.Tensor, cfg
     with precision:
         logits = model(x).float()
         # a mean over the labelled pixels that is 0, not NaN, when a crop left none in the batch
-        loss = F.cross_entropy(logits, y.long(), ignore_index=IGNORE, reduction="sum") / (y != IGNORE).sum().clamp_min(1)
+        if table is None:
+            loss = F.cross_entropy(logits, y.long(), ignore_index=IGNORE, reduction="sum") / (y != IGNORE).sum().clamp_min(1)
+        else:
+            loss = merged_positive_loss(logits, y, table)
         if teacher is not None:
             loss = loss + cfg.pseudo_weight * pseudo_label_loss(logits, labels, keep, unasked)
     return loss
+
+
+def merged_positive_loss(logits: torch.Tensor, y: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Hwang et al.'s merged positive loss (NeurIPS 2023) for multi-class labels: the mean over
+    labelled pixels of -log(sum of the softmax probabilities of the classes named for the pixel).
+    `logits` [B, C, H, W]; `y` [B, H, W] label-set codes (IGNORE where not labelled); `table`
+    [B, codes, C] bool, the classes each code names in each image (alseg.pool.Pool.label_table).
+    A one-class set gives exactly the cross-entropy."""
+    labelled = y < table.shape[1]
+    image = torch.arange(len(y), device=y.device)[:, None, None]
+    # every class counts where nothing is labelled (no -inf there); no boolean indexing: no device sync
+    named = table[image, y.long().clamp_max(table.shape[1] - 1)].permute(0, 3, 1, 2) | ~labelled[:, None]
+    log_named = torch.logsumexp(logits.masked_fill(~named, -math.inf), dim=1) - torch.logsumexp(logits, dim=1)
+    return -torch.where(labelled, log_named, 0.0).sum() / labelled.sum().clamp_min(1)
 
 
 def pseudo_labels(probs: torch.Tensor, unasked: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
