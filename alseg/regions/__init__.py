@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -46,6 +47,16 @@ class Regions:
                 self.device_maps = torch.from_numpy(self.maps).to(device)
         return self.device_maps[batch].to(device, torch.int64)
 
+    def refresh(self, model: torch.nn.Module, images: torch.Tensor, revealed: torch.Tensor, batch_size: int) -> None:
+        """Called before each query after cycle 0 with the current model: regions that follow
+        the model (region=adaptive) rebuild here; fixed regions stay as they are."""
+
+    def save(self, state: Path, cycle: int) -> None:
+        """Write what `restore` needs to rebuild this cycle's regions (nothing for fixed ones)."""
+
+    def restore(self, state: Path, cycle: int) -> None:
+        """Rebuild the regions as they were after `cycle` (resume)."""
+
 
 def _pixel(cfg, images: np.ndarray, cache_dir: str, key: dict) -> Regions:
     n, h, w = images.shape[:3]
@@ -77,8 +88,14 @@ def _image(cfg, images: np.ndarray, cache_dir: str, key: dict) -> Regions:
     return image_regions(cfg, images, cache_dir, key)
 
 
+def _adaptive(cfg, images: np.ndarray, cache_dir: str, key: dict) -> Regions:
+    from alseg.regions.adaptive import adaptive_regions
+
+    return adaptive_regions(cfg, images, cache_dir, key)
+
+
 REGIONS: dict[str, Callable[..., Regions]] = {
-    "pixel": _pixel, "seeds": _seeds, "slic": _slic, "box": _box, "image": _image,
+    "pixel": _pixel, "seeds": _seeds, "slic": _slic, "box": _box, "image": _image, "adaptive": _adaptive,
 }
 
 
