@@ -2,6 +2,7 @@
 hand, and tiny runs with each budget, and a resume."""
 from __future__ import annotations
 
+import logging
 import math
 import os
 
@@ -116,7 +117,8 @@ ADAPTIVE = ["region=adaptive", "region.num_superpixels=24", "annotation.sieve=tr
 
 
 @pytest.mark.parametrize("budget", ["clicks", "per_image"])
-def test_adaptive_runs_with_sieving(make_cfg, tmp_path, budget):
+def test_adaptive_runs_with_sieving(make_cfg, tmp_path, budget, caplog):
+    caplog.set_level(logging.INFO, logger="alseg.sieve")
     run(make_cfg(*ADAPTIVE, f"budget={budget}", "budget.initial=2", "budget.per_cycle=2", "budget.cycles=2"), tmp_path / "run")
     metrics = pd.read_csv(tmp_path / "run" / "metrics.csv")
     assert metrics["regions"].tolist() == metrics["clicks"].tolist()  # one click per merged region
@@ -128,6 +130,7 @@ def test_adaptive_runs_with_sieving(make_cfg, tmp_path, budget):
     assert (luts[0] == np.arange(luts[0].shape[1])).all()  # cycle 0: the base superpixels
     assert (luts[2] <= np.arange(luts[2].shape[1])).all()  # a region is named by its smallest base id
     assert (tmp_path / "run" / "queries" / "cycle_02.png").stat().st_size > 0
+    assert caplog.text.count("sieving left out") == 2  # before the training of cycles 1 and 2
 
 
 def test_adaptive_merges_and_a_merged_region_costs_one_click(make_cfg, tmp_path):
