@@ -10,18 +10,21 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from alseg.callbacks import Callback
 from alseg.errors import AlsegError
 from alseg.experiment import run
 from alseg.pool import NO_LABEL, NOT_ASKED
-from alseg.regions import Regions
-from alseg.regions.adaptive import adjacent_pairs, dense, js_distance, merged_lut, region_means
+from alseg.data import synthetic
+from alseg.regions import Regions, build_regions
+from alseg.regions.adaptive import adjacent_pairs, base_config, dense, js_distance, merged_lut, region_means
 from alseg.sieve import knee_keep, sieve
 
 # Three base superpixels in a row: 0 | 1 | 2 (0 and 2 do not touch).
 ROW = np.array([[[0, 0, 1, 1, 2, 2]] * 2])
 SIMILAR, OTHER = [0.9, 0.1], [0.1, 0.9]
+KEY = {"dataset": {"name": "test", "size": [32, 48]}, "split": "train"}
 
 
 def merge(means: list[list[float]], asked=(False, False, False), threshold: float = 0.1) -> list[int]:
@@ -75,6 +78,19 @@ def test_the_knee_sieves_the_doubtful_tail_of_a_region():
     conf = torch.tensor([0.05, 0.9, 0.1, 0.92, 0.91, 0.93, 0.2, 0.4, 0.6, 0.8])
     groups = torch.tensor([0, 0, 0, 0, 0, 0, 1, 1, 1, 1])
     assert knee_keep(conf, groups).tolist() == [False, True, False, True, True, True, True, True, True, True]
+
+
+@pytest.mark.parametrize("base", ["seeds", "slic"])
+def test_before_any_merge_the_regions_are_the_base_superpixels(tmp_path, base):
+    images, _ = synthetic.generate(3, 32, 48, seed=0)
+    cfg = OmegaConf.create({"name": "adaptive", "base": base, "num_superpixels": 24, "merge_threshold": 0.1})
+    regions = build_regions(cfg, images, str(tmp_path), KEY)
+    plain = build_regions(base_config(cfg), images, str(tmp_path), KEY)
+    assert regions.counts.tolist() == plain.counts.tolist()
+    for i in range(3):
+        assert (regions.maps[i] == plain.maps[i]).all()
+    assert (regions.batch_maps(slice(0, 3), torch.device("cpu")).numpy() == plain.maps).all()
+    assert regions.pairs.shape[1] == 3 and (regions.pairs[:, 1] < regions.pairs[:, 2]).all()
 
 
 class Fixed(torch.nn.Module):
