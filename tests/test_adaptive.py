@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from alseg.callbacks import Callback
 from alseg.errors import AlsegError
 from alseg.experiment import run
-from alseg.pool import NO_LABEL, NOT_ASKED
+from alseg.pool import NO_LABEL, NOT_ASKED, load_selections
 from alseg.data import synthetic
 from alseg.regions import Regions, build_regions
 from alseg.regions.adaptive import adjacent_pairs, base_config, dense, js_distance, merged_lut, region_means
@@ -150,12 +150,24 @@ def test_adaptive_runs_with_sieving(make_cfg, tmp_path, budget, caplog):
 
 
 def test_adaptive_merges_and_a_merged_region_costs_one_click(make_cfg, tmp_path):
-    run(make_cfg("region=adaptive", "region.num_superpixels=24", "region.merge_threshold=1.0", "budget=clicks",
-                 "budget.initial=2", "budget.per_cycle=1", "budget.cycles=1"), tmp_path / "run")
+    cfg = make_cfg("region=adaptive", "region.num_superpixels=24", "region.merge_threshold=1.0", "budget=clicks",
+                   "budget.initial=2", "budget.per_cycle=1", "budget.cycles=1", "train.epochs=1")
+    run(cfg, tmp_path / "run")
     lut = np.load(tmp_path / "run" / "state" / "regions" / "cycle_01.npy")
     metrics = pd.read_csv(tmp_path / "run" / "metrics.csv")
     assert len(np.unique(lut[0])) < lut.shape[1] / 2  # every unasked link merged
     assert metrics["clicks"].tolist() == [2, 3]
+    # the pixels asked are exactly those of the regions each cycle's merged map names
+    images, _ = synthetic.generate(12, 32, 48, int(cfg.dataset.data_seed))
+    base = build_regions(base_config(cfg.region), images, str(tmp_path / "cache"), KEY)
+    asked = np.zeros((12, 32, 48), bool)
+    for c, (chosen_images, chosen_regions) in enumerate(load_selections(tmp_path / "run")):
+        lut = torch.from_numpy(np.load(tmp_path / "run" / "state" / "regions" / f"cycle_{c:02d}.npy")).long()
+        ids = dense(lut, torch.from_numpy(base.counts))[0].numpy()
+        for i, r in zip(chosen_images, chosen_regions):
+            asked[i] |= ids[i][base.maps[i]] == r
+    revealed = np.load(tmp_path / "run" / "state" / "cycle_01" / "revealed.npy")
+    assert (asked == (revealed != NOT_ASKED)).all() and asked.sum() > 2 * asked.size / (12 * 24)
 
 
 class StopAfterCycle(Callback):
