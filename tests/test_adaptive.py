@@ -59,7 +59,8 @@ def test_js_distance_is_scipys():
     m = (p + q) / 2
     kl = lambda a: float((a[a > 0] * (a[a > 0] / m[a > 0]).log()).sum())  # noqa: E731
     assert js_distance(p, q).item() == pytest.approx(math.sqrt((kl(p) + kl(q)) / 2))
-    assert js_distance(p, p).item() == 0 and js_distance(torch.tensor([[1.0, 0]]), torch.tensor([[0, 1.0]])).item() == pytest.approx(math.sqrt(math.log(2)))
+    assert js_distance(p, p).item() == 0
+    assert js_distance(torch.tensor([[1.0, 0]]), torch.tensor([[0, 1.0]])).item() == pytest.approx(math.sqrt(math.log(2)))
 
 
 def test_dense_ids_number_merged_regions_by_their_smallest_base_id():
@@ -101,8 +102,9 @@ class Fixed(torch.nn.Module):
         self.other = other
 
     def forward(self, x):
-        logits = torch.stack([torch.ones_like(self.other, dtype=torch.float), torch.zeros_like(self.other, dtype=torch.float)], 1) * 4
-        return torch.where(self.other[:, None], logits.flip(1), logits)[: len(x)]
+        one = self.other.float()
+        logits = torch.stack([1 - one, one], 1) * 4
+        return logits[: len(x)]
 
 
 def test_sieving_two_regions_by_hand():
@@ -190,7 +192,8 @@ def test_adaptive_resume_gives_the_uninterrupted_run(make_cfg, tmp_path, monkeyp
     lut = np.load(tmp_path / "stopped" / "state" / "regions" / "cycle_01.npy")
     assert not (lut == np.arange(lut.shape[1])).all()
     run(make_cfg(*overrides, "resume=true"), tmp_path / "stopped")
-    whole, resumed = (pd.read_csv(tmp_path / d / "metrics.csv").drop(columns=["train_s", "query_s"]) for d in ("whole", "stopped"))
+    whole, resumed = (pd.read_csv(tmp_path / d / "metrics.csv").drop(columns=["train_s", "query_s"])
+                      for d in ("whole", "stopped"))
     pd.testing.assert_frame_equal(whole, resumed)
     for c in range(4):
         name = f"state/regions/cycle_{c:02d}.npy"

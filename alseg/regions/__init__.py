@@ -33,10 +33,11 @@ class Regions:
     def max_regions(self) -> int:
         return int(self.counts.max())
 
-    def batch_maps(self, batch: slice, device: torch.device) -> torch.Tensor | None:
-        """Region maps of the images in `batch` as an int64 tensor on `device` (None for
-        pixels). All maps go to the device on the first call and stay there (a view on the
-        CPU; a map shared by every image stays one map), so no batch waits for a host copy."""
+    def batch_maps(self, batch: slice | torch.Tensor, device: torch.device) -> torch.Tensor | None:
+        """Region maps of the images in `batch` (a slice or an index tensor) as an int64 tensor
+        on `device` (None for pixels). All maps go to the device on the first call and stay
+        there (a view on the CPU; a map shared by every image stays one map), so no batch waits
+        for a host copy."""
         if self.maps is None:
             return None
         if self.device_maps is None:

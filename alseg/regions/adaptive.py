@@ -96,7 +96,8 @@ def region_means(probs: torch.Tensor, maps: torch.Tensor, num_regions: int) -> t
     [B, R, C] (zeros for ids with no pixel), by index_add on the device."""
     b, c = probs.shape[:2]
     index = (maps + torch.arange(b, device=maps.device).view(-1, 1, 1) * num_regions).flatten()
-    sums = torch.zeros(b * num_regions, c, device=probs.device).index_add_(0, index, probs.permute(0, 2, 3, 1).reshape(-1, c).float())
+    pixels = probs.permute(0, 2, 3, 1).reshape(-1, c).float()
+    sums = torch.zeros(b * num_regions, c, device=probs.device).index_add_(0, index, pixels)
     counts = torch.bincount(index, minlength=b * num_regions).clamp_min(1)[:, None]
     return (sums / counts).view(b, num_regions, c)
 
@@ -130,7 +131,8 @@ class AdaptiveRegions(Regions):
         self.dense_ids, counts = dense(lut, torch.as_tensor(self.base.counts, device=lut.device))
         self.counts = counts.cpu().numpy()
 
-    def batch_maps(self, batch: slice, device: torch.device) -> torch.Tensor:
+    def batch_maps(self, batch: slice | torch.Tensor, device: torch.device) -> torch.Tensor:
+        """This cycle's merged ids of the images in `batch`, on `device`, from the base maps."""
         base = self.base.batch_maps(batch, device)
         ids = self.dense_ids[batch].to(device)
         return torch.gather(ids, 1, base.flatten(1)).view_as(base)
