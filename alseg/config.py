@@ -125,7 +125,9 @@ SCHEMA: dict[str, dict[str, Accepts]] = {
     "region/slic": {"algorithm": choice("slic", "slico", "mslic"), "num_superpixels": nullable(integer(1)),
                     "region_size": nullable(integer(2)), "ruler": number("(0, inf)"), "iterations": integer(1),
                     "min_element_size": nullable(integer(0)), "color_space": choice("lab", "hsv", "rgb"), "blur": FLAG},
-    "annotation": {"name": TEXT, "noise": number("[0, 1)")},
+    "region/adaptive": {"base": choice("seeds", "slic"), "num_superpixels": nullable(integer(1)),
+                        "merge_threshold": number("[0, 1]")},
+    "annotation": {"name": TEXT, "noise": number("[0, 1)"), "sieve": FLAG},
     "annotation/dominant": {},
     "annotation/precise": {"polygon_epsilon": number("[0, inf)")},
     "annotation/multiclass": {"click_per_class": number("[1, inf)"), "prototypes": FLAG},
@@ -169,6 +171,7 @@ def check_config(cfg: DictConfig) -> None:
     for group in GROUPS:
         _check_group(cfg[group], group)
     _check_train(cfg.train)
+    _check_annotation(cfg)
     _check_strategy(cfg)
     if cfg.dataset.name == "folder":  # class names, palette and void settings together
         from alseg.data.folder import Folder
@@ -236,6 +239,22 @@ def _check_train(t: DictConfig) -> None:
                          "you do not use to null (e.g. train.epochs=null to train a number of iterations)")
     if t.epochs is None and t.iterations is None:
         raise AlsegError("train.epochs and train.iterations are both null: set one (e.g. train.epochs=10)")
+
+
+def _check_annotation(cfg: DictConfig) -> None:
+    """Rules joining the annotation with the region type (region=adaptive, annotation.sieve)."""
+    annotation, region = cfg.annotation.name, cfg.region.name
+    if region == "adaptive" and annotation != "dominant":
+        raise AlsegError(f"region=adaptive merges its regions anew every cycle and asks each with one dominant click: "
+                         f"use annotation=dominant, not {annotation}")
+    if not cfg.annotation.get("sieve", False):
+        return
+    if annotation != "dominant":
+        raise AlsegError(f"annotation.sieve=true drops doubtful pixels of dominantly labelled regions: use it with "
+                         f"annotation=dominant, not {annotation} (or set annotation.sieve=false)")
+    if region == "pixel":
+        raise AlsegError("annotation.sieve=true sieves the pixels of each labelled region: use a region type with a map "
+                         "(adaptive, seeds, slic, box, image), not pixel (or set annotation.sieve=false)")
 
 
 def _check_strategy(cfg: DictConfig) -> None:

@@ -31,6 +31,7 @@ from alseg.pool import Pool, record_selection
 from alseg.prototypes import prototype_labels
 from alseg.regions import Regions, build_regions
 from alseg.rundir import RunFiles
+from alseg.sieve import sieve
 from alseg.strategies import STRATEGIES, build_strategy, check_strategy
 from alseg.selection import Budget, Selection
 from alseg.train import evaluate, make_teacher, train_cycle
@@ -97,6 +98,7 @@ def _run(cfg: DictConfig, files: RunFiles, rows: list[dict], start_cycle: int, h
     loop = _setup(cfg, files, rows, hooks, device)
     if start_cycle > 0:
         files.restore(loop.pool, loop.models, loop.generator, loop.rng)
+        loop.regions.restore(files.state, start_cycle - 1)
     cycles = 0 if cfg.budget.name == "full" else int(cfg.budget.cycles)
     hooks.on_run_start(loop.run, start_cycle)
     exhausted = None
@@ -183,9 +185,12 @@ def _learn(loop: Loop, cycle: int, query_s: float) -> dict:
     images = loop.tensors["train_images"]
     for model, weights in zip(loop.models, loop.initial_weights):
         teacher = make_teacher(model, loop.cfg.train, cycle)  # the previous cycle's model, before reinit
+        targets = loop.pool.revealed
+        if cycle > 0 and loop.cfg.annotation.get("sieve", False):  # judged by the previous cycle's model
+            targets = sieve(model, images, targets, loop.regions, loop.cfg.train.eval_batch_size)
         if loop.cfg.train.reinit:
             model.load_state_dict(weights)
-        steps = train_cycle(model, images, loop.pool.revealed, loop.cfg.train, loop.generator,
+        steps = train_cycle(model, images, targets, loop.cfg.train, loop.generator,
                             cycle, report=report, teacher=teacher, label_sets=label_sets)
         if stage2:  # Hwang et al.'s stage 2: train again on the prototypes' pixel labels
             pseudo = prototype_labels(model, images, loop.pool.revealed, label_sets, loop.regions,
@@ -204,6 +209,7 @@ def _save_cycle(loop: Loop, cycle: int, chosen: Selection, rows: list[dict]) -> 
     """metrics.csv, the state a resume needs, checkpoints, the query overlay, summary.json."""
     files, cfg = loop.files, loop.cfg
     files.write_metrics(rows)
+    loop.regions.save(files.state, cycle)  # before the state that points at it
     files.save_state(cycle, loop.pool, loop.models, loop.generator, loop.rng)
     if cfg.save_model == "every":
         files.copy_model(cycle, files.out / "checkpoints" / f"cycle_{cycle:02d}.pt")
@@ -256,6 +262,8 @@ def _query(loop: Loop, cycle: int) -> Selection:
     active = cycle > 0 and loop.strategy.needs_model
     chooser = loop.strategy if active else STRATEGIES["random"](cfg.strategy)
     revealed = torch.from_numpy(loop.pool.revealed).to(images.device)
+    if cycle > 0:  # region=adaptive merges its superpixels from the current model
+        loop.regions.refresh(loop.models[0], images, revealed, cfg.train.eval_batch_size)
     scored = query.score_pool(chooser, loop.models if active else [], images, loop.tensors["train_labels"], revealed,
                               loop.regions, loop.generator, cfg.train.eval_batch_size, loop.data.num_classes)
     amount = cfg.budget.initial if cycle == 0 else cfg.budget.per_cycle

@@ -41,7 +41,7 @@ def assert_dense(maps: np.ndarray, counts: np.ndarray) -> None:
 
 
 def test_registry_has_every_region_type():
-    assert set(REGIONS) == {"pixel", "seeds", "slic", "box", "image"}
+    assert set(REGIONS) == {"pixel", "seeds", "slic", "box", "image", "adaptive"}
 
 
 def test_seeds_maps_cover_every_pixel_with_contiguous_ids(scenes, tmp_path):

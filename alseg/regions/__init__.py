@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -32,10 +33,11 @@ class Regions:
     def max_regions(self) -> int:
         return int(self.counts.max())
 
-    def batch_maps(self, batch: slice, device: torch.device) -> torch.Tensor | None:
-        """Region maps of the images in `batch` as an int64 tensor on `device` (None for
-        pixels). All maps go to the device on the first call and stay there (a view on the
-        CPU; a map shared by every image stays one map), so no batch waits for a host copy."""
+    def batch_maps(self, batch: slice | torch.Tensor, device: torch.device) -> torch.Tensor | None:
+        """Region maps of the images in `batch` (a slice or an index tensor) as an int64 tensor
+        on `device` (None for pixels). All maps go to the device on the first call and stay
+        there (a view on the CPU; a map shared by every image stays one map), so no batch waits
+        for a host copy."""
         if self.maps is None:
             return None
         if self.device_maps is None:
@@ -45,6 +47,16 @@ class Regions:
             else:
                 self.device_maps = torch.from_numpy(self.maps).to(device)
         return self.device_maps[batch].to(device, torch.int64)
+
+    def refresh(self, model: torch.nn.Module, images: torch.Tensor, revealed: torch.Tensor, batch_size: int) -> None:
+        """Called before each query after cycle 0 with the current model: regions that follow
+        the model (region=adaptive) rebuild here; fixed regions stay as they are."""
+
+    def save(self, state: Path, cycle: int) -> None:
+        """Write what `restore` needs to rebuild this cycle's regions (nothing for fixed ones)."""
+
+    def restore(self, state: Path, cycle: int) -> None:
+        """Rebuild the regions as they were after `cycle` (resume)."""
 
 
 def _pixel(cfg, images: np.ndarray, cache_dir: str, key: dict) -> Regions:
@@ -77,8 +89,14 @@ def _image(cfg, images: np.ndarray, cache_dir: str, key: dict) -> Regions:
     return image_regions(cfg, images, cache_dir, key)
 
 
+def _adaptive(cfg, images: np.ndarray, cache_dir: str, key: dict) -> Regions:
+    from alseg.regions.adaptive import adaptive_regions
+
+    return adaptive_regions(cfg, images, cache_dir, key)
+
+
 REGIONS: dict[str, Callable[..., Regions]] = {
-    "pixel": _pixel, "seeds": _seeds, "slic": _slic, "box": _box, "image": _image,
+    "pixel": _pixel, "seeds": _seeds, "slic": _slic, "box": _box, "image": _image, "adaptive": _adaptive,
 }
 
 
