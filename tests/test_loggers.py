@@ -262,3 +262,23 @@ def test_a_joblib_sweep_of_two_jobs_logs_two_runs_in_one_group_to_an_mlflow_serv
     for one in found:
         check_mlflow_run(mlflow_server, one, Path(one.data.tags["alseg.run_dir"]))
     assert not any("logger" in p.name for p in (tmp_path / "sweep").iterdir())  # folders not named by it
+
+
+def test_logger_keys_are_checked_and_result_neutral(tmp_path):
+    from alseg.config import check_config
+    from alseg.results import differing_keys, load_runs
+    from alseg.state import config_differences
+    from omegaconf import OmegaConf
+
+    for option in ("none", "tensorboard", "mlflow", "wandb", "[tensorboard,mlflow,wandb]"):
+        check_config(compose_cfg(f"logger={option}"))
+    with pytest.raises(AlsegError, match="logger.mode must be online or offline, got \"cloud\""):
+        check_config(compose_cfg("logger=wandb", "logger.mode=cloud"))
+    plain, tracked = (OmegaConf.to_container(compose_cfg(*o), resolve=True)
+                      for o in ([], ["logger=[tensorboard,mlflow,wandb]", "logger.dir=x", "logger.project=p"]))
+    assert config_differences(plain, tracked) == []  # a resumed run may add or change trackers
+    for name, config in (("a", plain), ("b", tracked)):
+        (tmp_path / name).mkdir()
+        pd.DataFrame({"cycle": [0], "clicks": [10], "miou": [50.0]}).to_csv(tmp_path / name / "metrics.csv", index=False)
+        (tmp_path / name / "summary.json").write_text(json.dumps({"status": "completed", "config": config}))
+    assert differing_keys(load_runs(tmp_path)) == []  # one group in `alseg plot`
