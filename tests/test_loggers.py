@@ -282,3 +282,14 @@ def test_logger_keys_are_checked_and_result_neutral(tmp_path):
         pd.DataFrame({"cycle": [0], "clicks": [10], "miou": [50.0]}).to_csv(tmp_path / name / "metrics.csv", index=False)
         (tmp_path / name / "summary.json").write_text(json.dumps({"status": "completed", "config": config}))
     assert differing_keys(load_runs(tmp_path)) == []  # one group in `alseg plot`
+
+
+def test_tensorboard_folder_is_the_run_folder_or_below_logger_dir(tmp_path):
+    pytest.importorskip("tensorboard")
+    from alseg.callbacks import RunInfo
+    from alseg.loggers.tensorboard import log_dir
+
+    out = tmp_path / "sweep" / "seed=1"
+    assert log_dir(RunInfo(compose_cfg("logger=tensorboard"), out)) == out / "tensorboard"
+    shared = compose_cfg("logger=tensorboard", f"logger.dir={tmp_path / 'tb'}")
+    assert log_dir(RunInfo(shared, out)) == tmp_path / "tb" / "sweep" / "seed=1"
