@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH) || $(BIN)/python -m pip install -q torch torchvision
-	$(BIN)/python -m pip install -q -e ".[test,cluster]"
+	$(BIN)/python -m pip install -q -e ".[test,cluster,tracking]"
 	touch $(STAMP)
 
 # Quickstart: random vs margin sampling over 2 seeds on the synthetic dataset, then the plot.

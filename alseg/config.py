@@ -158,6 +158,9 @@ SCHEMA: dict[str, dict[str, Accepts]] = {
               "semi": choice("none", "pseudo_label"), "pseudo_threshold": number("[0, 1]"), "pseudo_weight": number("[0, inf)"), "eval_batch_size": integer(1), "augment.hflip": FLAG,
               "augment.scale": nullable(Accepts("[min, max] with 0 < min <= max", lambda v: _pair(v, _is_number) and 0 < v[0] <= v[1])),
               "augment.jitter": number("[0, 1)")},
+    # several options at once (logger=[tensorboard,mlflow]): each adds its flag and its keys
+    "logger": {"tensorboard": FLAG, "mlflow": FLAG, "wandb": FLAG, "dir": nullable(TEXT), "tracking_uri": nullable(TEXT),
+               "experiment": TEXT, "project": TEXT, "mode": choice("online", "offline")},
 }
 
 
@@ -167,9 +170,11 @@ def check_config(cfg: DictConfig) -> None:
     missing = [group for group in GROUPS if group not in cfg]
     if missing:
         raise AlsegError(f"the config lacks the group(s) {', '.join(missing)}")
-    _check_keys(cfg, TOP, "", "the top level", skip=GROUPS)
+    _check_keys(cfg, TOP, "", "the top level", skip=(*GROUPS, "logger"))
     for group in GROUPS:
         _check_group(cfg[group], group)
+    if "logger" in cfg:
+        _check_keys(cfg.logger, SCHEMA["logger"], "logger.", "logger")
     _check_train(cfg.train)
     _check_annotation(cfg)
     _check_strategy(cfg)

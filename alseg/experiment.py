@@ -23,11 +23,13 @@ from alseg.config import check_config
 from alseg.data import load_dataset
 from alseg.device import device_generator, resolve_device, tune_convolutions
 from alseg.errors import AlsegError, Refused
+from alseg.loggers import build_loggers
 from alseg.metrics import iou_per_class, miou, pixel_accuracy
 from alseg.model import build_model, check_model
 from alseg.oracle import Oracle
 from alseg.overlay import save_query_overlay
 from alseg.pool import Pool, record_selection
+from alseg.progress import RunProgress, console
 from alseg.prototypes import prototype_labels
 from alseg.regions import Regions, build_regions
 from alseg.rundir import RunFiles
@@ -55,9 +57,10 @@ def run(cfg: DictConfig, out_dir: str | Path, record: Callable[[Path], None] | N
         start_cycle = files.prepare(rows)  # reads only: a refused run changes nothing
         if start_cycle is None:
             return json.loads((files.out / "summary.json").read_text())
-        hooks = Callbacks(user_callbacks(cfg.get("callbacks")))
+        hooks = Callbacks([*build_loggers(cfg), RunProgress(), *user_callbacks(cfg.get("callbacks"))])
         try:
-            return _run(cfg, files, rows, start_cycle, hooks)
+            with console():  # bars on a terminal, log lines between them
+                return _run(cfg, files, rows, start_cycle, hooks)
         except Refused:
             raise
         except BaseException as exc:

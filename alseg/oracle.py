@@ -37,7 +37,8 @@ from alseg.cache import cache_key, cached_array
 from alseg.data.base import IGNORE
 from alseg.errors import AlsegError
 from alseg.regions import Regions
-from alseg.regions.build import Progress, workers
+from alseg.progress import Progress
+from alseg.regions.build import workers
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +165,6 @@ def precise_costs(regions: Regions, truth: np.ndarray, epsilon: float) -> np.nda
     image on a thread pool (cv2 releases the GIL), with progress in the log."""
     n, r = len(regions.counts), regions.max_regions
     out = np.zeros((n, r), np.int32)
-    progress = Progress("precise click costs", n)
 
     def one(i: int) -> None:
         count = int(regions.counts[i])
@@ -172,7 +172,7 @@ def precise_costs(regions: Regions, truth: np.ndarray, epsilon: float) -> np.nda
 
     log.info("precise click costs: tracing the ground truth of %d regions in %d images ...",
              int(regions.counts.sum()), n)
-    with ThreadPoolExecutor(workers()) as pool:
+    with Progress("precise click costs", n) as progress, ThreadPoolExecutor(workers()) as pool:
         for _ in pool.map(one, range(n)):
             progress.tick()
     log.info("precise click costs of %d images computed in %.1fs: %d clicks in all, %.1f per region",

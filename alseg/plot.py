@@ -423,6 +423,10 @@ def make_plots(args: argparse.Namespace) -> None:
     print(f"alseg plot: {plural(al['run_dir'].nunique(), 'run')} in {plural(al['group'].nunique(), 'group')}"
           + (f" ({len(skipped)} left out, see above)" if skipped else "")
           + (f", full supervision {ref:.1f} mIoU" if ref is not None else ", no full-supervision reference"))
+    for label, runs in al.groupby("group"):
+        seeds = sorted(runs.drop_duplicates("run_dir")["seed"]) if "seed" in runs else []
+        print(f"alseg plot:   {label}: {plural(runs['run_dir'].nunique(), 'run')}"
+              + (f" (seed {', '.join(map(str, seeds))})" if seeds else ""))
     written = write_plots(al, full, ref, args, out)
     if comparison is not None:
         written += write_comparison(comparison, args.logx, out)

@@ -18,6 +18,7 @@ from alseg.errors import AlsegError
 from alseg.data.base import IGNORE
 from alseg.model import autocast, is_split, mc_passes, to_input
 from alseg.pool import NOT_ASKED
+from alseg.progress import Progress
 from alseg.regions import Regions
 from alseg.selection import lowest, order_keys
 from alseg.strategies import Strategy
@@ -136,6 +137,7 @@ def score_pool(
             raise AlsegError(f"{s.name} needs embeddings: {type(models[0]).__name__} must have features(x) and head(features, size)")
         cand_width, lab_width = _embedding_widths(regions, revealed, int(s.get("pixel_candidates", 1024)))
     broken = torch.zeros((), dtype=torch.bool, device=device)
+    progress = Progress("scoring the pool", n, every=None)  # a bar on a terminal (batches queued, no sync)
     for start in range(0, n, batch_size):
         batch = slice(start, min(start + batch_size, n))
         maps = regions.batch_maps(batch, device)
@@ -159,6 +161,8 @@ def score_pool(
         if keep_embeddings:
             embedder = _embedder(keep["features"], maps, images.shape[1:3], r)
             _keep_embeddings(out, batch, embedder, order_keys(batch_scores, draws), asked_regions, n, cand_width, lab_width)
+        progress.tick(batch.stop - batch.start)
+    progress.close()
     if broken.item():
         raise AlsegError("the model's scores are NaN or infinite: training diverged (lower train.lr, or check the data)")
     return out

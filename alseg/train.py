@@ -18,6 +18,7 @@ from alseg.metrics import confusion
 from alseg.augment import augment
 from alseg.model import autocast, normalise, to_input
 from alseg.pool import MAX_CLASSES, NOT_ASKED, training_targets
+from alseg.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ def train_cycle(
     """Train `model` with cross-entropy on revealed pixels only, over the images that have any:
     `cfg.epochs` passes over them, or exactly `cfg.iterations` optimiser steps (batches drawn
     from them, so that every strategy trains equally long). Returns the steps taken; a loss
-    that is not finite stops the run (training diverged). About five times per cycle,
+    that is not finite stops the run (training diverged). After each epoch (at most ~100 times a cycle),
     `report(step, steps, mean_loss, lr)` hears the progress (alseg.callbacks). A `teacher`
     (train.semi=pseudo_label, see make_teacher) adds a pseudo-label term on the pixels of these
     images that were never asked (`_loss`); the batches and steps stay the same. `label_sets`
@@ -61,7 +62,9 @@ def train_cycle(
     average = WeightAverage(model, float(cfg.ema)) if cfg.get("ema") else None
     model.train()
     start = time.perf_counter()
-    every = max(1, len(batches) // 5)
+    every = max(per_epoch, len(batches) // 100)  # a report per epoch, at most ~100 a cycle: one sync each
+    log_every = max(every, len(batches) // 5)  # about five log lines a cycle
+    progress = Progress(f"cycle {cycle} training", len(batches), "steps", every=None)  # a bar on a terminal
     total, count = torch.zeros((), device=device), 0
     on_device = upload(torch.cat(batches), device).split([len(b) for b in batches])  # one copy, not one per step
     table = None if label_sets is None else torch.from_numpy(label_sets).to(device)
@@ -76,16 +79,20 @@ def train_cycle(
         if average is not None:
             average.update()
         total, count = total + loss.detach(), count + 1
+        progress.tick()
         if step % every == 0 or step == len(batches):
             mean = total.item() / count  # one sync per report, not per step
             if not math.isfinite(mean):
                 raise AlsegError(f"training diverged in cycle {cycle}: the loss became {mean} by step {step} of "
                                  f"{len(batches)}; lower train.lr (now {cfg.lr})")
-            log.info("  step %d/%d (epoch %.1f)  loss %.3f  (%.1fs)", step, len(batches), step / per_epoch, mean,
-                     time.perf_counter() - start)
+            if step % log_every < every or step == len(batches):
+                log.info("  step %d/%d (epoch %.1f)  loss %.3f  (%.1fs)", step, len(batches), step / per_epoch, mean,
+                         time.perf_counter() - start)
+            progress.show(loss=f"{mean:.3f}")
             if report is not None:
                 report(step, len(batches), mean, optimiser.param_groups[0]["lr"])
             total, count = torch.zeros((), device=device), 0
+    progress.close()
     if average is not None:
         average.finish()
     return len(batches)

@@ -33,6 +33,7 @@ from alseg.cpus import usable_cpus
 from alseg.data.base import IGNORE, SegDataset, Split
 from alseg.data.read import image_size, read_image, read_index_png
 from alseg.errors import AlsegError
+from alseg.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -235,13 +236,14 @@ def _decode_into(ds: DiskDataset, items: Sequence[Item], size: tuple[int, int], 
     def work(i: int) -> None:
         images[i], labels[i] = _decode_one(ds, items[i], size, resize)
 
-    with ThreadPoolExecutor(threads) as pool:
+    with Progress(f"decoding {what}", n, every=None) as progress, ThreadPoolExecutor(threads) as pool:
         futures = [pool.submit(work, i) for i in range(n)]
         try:
             for future in as_completed(futures):
                 future.result()
                 done += 1
-                if done % step == 0 or done == n:
+                progress.tick()
+                if not progress.drawn and (done % step == 0 or done == n):
                     log.info("  %s: %d/%d images (%.0f%%, %.1fs)", what, done, n, 100 * done / n,
                              time.perf_counter() - start)
         except BaseException:

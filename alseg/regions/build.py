@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Callable
@@ -21,6 +20,7 @@ import numpy as np
 from alseg.cache import cached_memmaps, open_entries, scratch_memmap
 from alseg.cpus import usable_cpus as workers  # oracle.py imports `workers` from here
 from alseg.errors import AlsegError
+from alseg.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -42,26 +42,6 @@ def dense_ids(labels: np.ndarray) -> np.ndarray:
     present = np.bincount(labels.ravel()) > 0
     lut = np.cumsum(present) - 1
     return lut[labels].astype(np.int32)
-
-
-class Progress:
-    """Logs `done/total images` at most every `every` seconds (and nothing for quick jobs)."""
-
-    def __init__(self, what: str, total: int, every: float = 5.0):
-        self.what, self.total, self.every, self.done = what, total, every, 0
-        self.start = self.last = time.perf_counter()
-
-    def tick(self) -> None:
-        self.done += 1
-        now = time.perf_counter()
-        if now - self.last >= self.every and self.done < self.total:
-            left = (now - self.start) / self.done * (self.total - self.done)
-            log.info("%s: %d/%d images (%.0fs, about %.0fs left)", self.what, self.done, self.total, now - self.start, left)
-            self.last = now
-
-    @property
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.start
 
 
 def cached_maps(
@@ -87,8 +67,7 @@ def cached_maps(
     with scratch_memmap(folder, (n, h, w), np.int32) as wide:
         counts = np.zeros(n, np.int64)
         log.info("%s: building region maps for %d images of %dx%d on %d threads ...", what, n, h, w, workers())
-        progress = Progress(what, n)
-        with ThreadPoolExecutor(workers()) as pool:
+        with Progress(what, n) as progress, ThreadPoolExecutor(workers()) as pool:
             futures = {pool.submit(compute, np.asarray(images[i])): i for i in range(n)}
             for future in as_completed(futures):
                 i = futures.pop(future)
