@@ -194,14 +194,15 @@ def _ask(loop: Loop, cycle: int) -> tuple[Selection | None, float]:
     several processes all score, rank 0 chooses and reveals, and the others take its pool
     (their selection is empty)."""
     t0 = time.perf_counter()
-    full = loop.cfg.budget.name == "full"
+    main, full = loop.files is not None, loop.cfg.budget.name == "full"
     chosen = Selection.empty() if full else _query(loop, cycle)  # None in ranks > 0
-    if chosen is not None and (full or len(chosen)):
+    go_on = full or chosen is None or len(chosen) > 0  # rank 0's says
+    if main and go_on:
         spent = _reveal(loop, cycle, chosen, full)
-    if not distributed.share_pool(loop.pool, loop.generator, chosen is None or full or len(chosen) > 0):
+    if not distributed.share_pool(loop.pool, loop.generator, go_on):
         return None, 0.0
     query_s = time.perf_counter() - t0
-    if chosen is None:
+    if not main:
         return Selection.empty(), query_s
     if cycle > 0:
         log.info("  asked %d regions (%d clicks) in %.1fs", len(chosen), spent, query_s)
