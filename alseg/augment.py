@@ -17,20 +17,24 @@ def _uniform(n: int, low: float, high: float, generator: torch.Generator, device
     return upload(low + (high - low) * torch.rand(n, generator=generator), device)
 
 
-def augment(x: torch.Tensor, y: torch.Tensor, cfg, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Apply `train.augment` (hflip, scale [min, max], jitter) to a batch."""
-    b, device = len(x), x.device
+def augment(x: torch.Tensor, y: torch.Tensor, cfg, generator: torch.Generator, rows: slice = slice(None),
+            size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Apply `train.augment` (hflip, scale [min, max], jitter) to a batch, or to the `rows` of a
+    batch of `size` images that this process trains on (alseg.distributed): the draws are those
+    of the whole batch, so every process draws alike and an image is augmented as it would be
+    in one process."""
+    b, device = size or len(x), x.device
     if cfg.hflip:
-        flip = upload(torch.rand(b, generator=generator) < 0.5, device)
+        flip = upload((torch.rand(b, generator=generator) < 0.5)[rows], device)
         x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
         y = torch.where(flip.view(-1, 1, 1), y.flip(-1), y)
     if cfg.get("scale"):
         x, y = _rescale_and_crop(x, y, float(_uniform(1, *cfg.scale, generator, "cpu")), generator)
     if cfg.get("jitter"):
         j = float(cfg.jitter)
-        brightness = _uniform(b, 1 - j, 1 + j, generator, device).view(-1, 1, 1, 1)
-        contrast = _uniform(b, 1 - j, 1 + j, generator, device).view(-1, 1, 1, 1)
-        saturation = _uniform(b, 1 - j, 1 + j, generator, device).view(-1, 1, 1, 1)
+        brightness = _uniform(b, 1 - j, 1 + j, generator, device)[rows].view(-1, 1, 1, 1)
+        contrast = _uniform(b, 1 - j, 1 + j, generator, device)[rows].view(-1, 1, 1, 1)
+        saturation = _uniform(b, 1 - j, 1 + j, generator, device)[rows].view(-1, 1, 1, 1)
         x = x * brightness
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
         x = (x - mean) * contrast + mean

@@ -79,7 +79,8 @@ def _run_app(cfg: DictConfig) -> None:
     with _signals_interrupt(), held_log:
         try:
             summary = run(cfg, out, record=record)
-            log.info("run finished: final mIoU %.2f; results in %s", summary["final_miou"] or float("nan"), out)
+            if summary:  # {} in the other processes of a run under torchrun: rank 0 reports
+                log.info("run finished: final mIoU %.2f; results in %s", summary["final_miou"] or float("nan"), out)
         except Refused as exc:  # the folder is not this run's: leave it as it was
             held_log.drop()
             _refused(out, hydra_cfg, str(exc), exc)
@@ -244,11 +245,12 @@ def _first_line(path: Path) -> str:
 
 
 def _spread_over_gpus(cfg: DictConfig, hydra_cfg) -> None:
-    """In a sweep on a machine with several GPUs, job k runs on GPU k mod count (device=auto|cuda)."""
+    """In a sweep on a machine with several GPUs, job k runs on GPU k mod count (device=auto|cuda),
+    unless a job takes several GPUs itself (devices > 1)."""
     import torch
 
     count = torch.cuda.device_count()
-    if hydra_cfg.mode == RunMode.MULTIRUN and count > 1 and cfg.device in ("auto", "cuda"):
+    if hydra_cfg.mode == RunMode.MULTIRUN and count > 1 and cfg.device in ("auto", "cuda") and cfg.get("devices", 1) == 1:
         cfg.device = f"cuda:{int(hydra_cfg.job.num) % count}"
 
 

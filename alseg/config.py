@@ -91,6 +91,7 @@ IMPORT_PATHS = Accepts("a list of import paths, e.g. [my_pkg.MyClass]",
 TOP = {
     "seed": integer(0),
     "device": Accepts("auto, cpu, cuda or cuda:N", lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", v)),
+    "devices": integer(1),
     "resume": Accepts("true, false or a saved cycle number to resume from (resume=N)", lambda v: isinstance(v, bool) or (_is_int(v) and v >= 0)),
     "save_model": choice("last", "every", "never"),
     "overlay_images": integer(0),
@@ -178,6 +179,9 @@ def check_config(cfg: DictConfig) -> None:
     _check_train(cfg.train)
     _check_annotation(cfg)
     _check_strategy(cfg)
+    if cfg.get("devices", 1) > 1 and cfg.train.batch_size % cfg.devices:
+        raise AlsegError(f"train.batch_size={cfg.train.batch_size} does not divide into devices={cfg.devices} "
+                         f"processes: use a multiple of {cfg.devices}")
     if cfg.dataset.name == "folder":  # class names, palette and void settings together
         from alseg.data.folder import Folder
 

@@ -17,11 +17,11 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from alseg import query, selection
+from alseg import distributed, query, selection
 from alseg.callbacks import Callbacks, RunInfo, user_callbacks
 from alseg.config import check_config
 from alseg.data import load_dataset
-from alseg.device import device_generator, resolve_device, tune_convolutions
+from alseg.device import device_generator, tune_convolutions
 from alseg.errors import AlsegError, Refused
 from alseg.loggers import build_loggers
 from alseg.metrics import iou_per_class, miou, pixel_accuracy
@@ -46,15 +46,29 @@ def run(cfg: DictConfig, out_dir: str | Path, record: Callable[[Path], None] | N
     summary. Raises AlsegError for user errors, after recording `"status": "failed"` and the
     message in summary.json, or Refused, having changed nothing, when the directory is not
     this run's to use. A KeyboardInterrupt (or SIGTERM, through the CLI) records
-    `"status": "interrupted"`. `record(out_dir)` is called before the run's first write."""
-    out = Path(out_dir)
+    `"status": "interrupted"`. `record(out_dir)` is called before the run's first write.
+    With `devices: N` the run takes N processes (alseg.distributed): this one is rank 0 and
+    the only one to write; under torchrun the other ranks return {} here."""
+    with distributed.processes(cfg, _follow) as main:
+        if not main:
+            distributed.follow(_follow, cfg)
+            return {}
+        return _lead(cfg, Path(out_dir), record)
+
+
+def _lead(cfg: DictConfig, out: Path, record: Callable[[Path], None] | None) -> dict:
+    """The run in rank 0 (the only one with one process): see `run`."""
     info = {
         "dataset": cfg.dataset.name, "region": cfg.region.name, "annotation": cfg.annotation.name,
         "strategy": cfg.strategy.name, "budget": cfg.budget.name, "seed": cfg.seed,  # checked in _run
     }
     rows: list[dict] = []
     with RunFiles(out, cfg, info, record) as files:
-        start_cycle = files.prepare(rows)  # reads only: a refused run changes nothing
+        start_cycle = None
+        try:
+            start_cycle = files.prepare(rows)  # reads only: a refused run changes nothing
+        finally:
+            distributed.share(start_cycle)  # the other ranks start there (None: they stop)
         if start_cycle is None:
             return json.loads((files.out / "summary.json").read_text())
         hooks = Callbacks([*build_loggers(cfg), RunProgress(), *user_callbacks(cfg.get("callbacks"))])
@@ -96,13 +110,14 @@ class Loop:
 
 def _run(cfg: DictConfig, files: RunFiles, rows: list[dict], start_cycle: int, hooks: Callbacks) -> dict:
     check_config(cfg)
-    device = resolve_device(cfg.device)
+    device = distributed.run_device(cfg)
     tune_convolutions(device)
     loop = _setup(cfg, files, rows, hooks, device)
     if start_cycle > 0:
         files.restore(loop.pool, loop.models, loop.generator, loop.rng)
         loop.regions.restore(files.state, start_cycle - 1)
-    cycles = 0 if cfg.budget.name == "full" else int(cfg.budget.cycles)
+    distributed.share_pool(loop.pool, loop.generator, True, loop.models if start_cycle > 0 else None)
+    cycles = _cycles(cfg)
     hooks.on_run_start(loop.run, start_cycle)
     exhausted = None
     for cycle in range(start_cycle, cycles + 1):
@@ -125,18 +140,41 @@ def _run(cfg: DictConfig, files: RunFiles, rows: list[dict], start_cycle: int, h
     return summary
 
 
-def _setup(cfg: DictConfig, files: RunFiles, rows: list[dict], hooks: Callbacks, device: torch.device) -> Loop:
+def _follow(cfg: DictConfig) -> None:
+    """Rank 1.. of a run over several processes: set up as rank 0 does, start where it says,
+    then each cycle score a share of the pool, take rank 0's pool and train."""
+    start_cycle = distributed.share(None)
+    if start_cycle is None:
+        return
+    check_config(cfg)
+    device = distributed.run_device(cfg)
+    tune_convolutions(device)
+    loop = _setup(cfg, None, [], Callbacks([]), device)
+    distributed.share_pool(loop.pool, loop.generator, True, loop.models if start_cycle > 0 else None)
+    for cycle in range(start_cycle, _cycles(cfg) + 1):
+        if _ask(loop, cycle)[0] is None:
+            return
+        _train(loop, cycle)
+
+
+def _cycles(cfg: DictConfig) -> int:
+    """The active cycles after cycle 0."""
+    return 0 if cfg.budget.name == "full" else int(cfg.budget.cycles)
+
+
+def _setup(cfg: DictConfig, files: RunFiles | None, rows: list[dict], hooks: Callbacks, device: torch.device) -> Loop:
     """Data, regions, oracle, strategy and models of a run, its tensors on the device, an empty
     pool; the run's first write (summary.json, "running") once the data is known to be the
-    saved run's."""
+    saved run's. `files` is None in the ranks > 0 of a run over several processes."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     generator = torch.Generator().manual_seed(int(cfg.seed))
     data = load_dataset(cfg.dataset)
-    files.check_data(data)
-    files.write_summary("running", rows)
     n, (h, w), c = len(data.train), data.train.size, data.num_classes
-    files.info.update(num_train_images=n, image_size=[h, w], class_names=list(data.class_names))
+    if files is not None:
+        files.check_data(data)
+        files.write_summary("running", rows)
+        files.info.update(num_train_images=n, image_size=[h, w], class_names=list(data.class_names))
     regions = _train_regions(cfg, data)
     oracle = Oracle(cfg.annotation, regions, data.train.labels, c, rng)
     strategy = build_strategy(cfg.strategy)
@@ -150,38 +188,61 @@ def _setup(cfg: DictConfig, files: RunFiles, rows: list[dict], hooks: Callbacks,
     costs = oracle.costs()
     log.info("%s: %d train / %d val images of %dx%d, %d classes, %s regions, strategy %s, budget %s on %s",
              cfg.dataset.name, n, len(data.val), h, w, c, regions.name, strategy.cfg.name, cfg.budget.name, device)
-    return Loop(cfg, files, hooks, RunInfo(cfg, files.out, files.info), data, regions, oracle, strategy, models,
+    run = RunInfo(cfg, files.out, files.info) if files is not None else RunInfo(cfg, None)
+    return Loop(cfg, files, hooks, run, data, regions, oracle, strategy, models,
                 [copy.deepcopy(m.state_dict()) for m in models], tensors,
                 None if costs is None else torch.from_numpy(costs).to(device), Pool.empty(n, h, w, c), generator, rng)
 
 
 def _ask(loop: Loop, cycle: int) -> tuple[Selection | None, float]:
     """Choose this cycle's regions and reveal their labels (every label with budget=full);
-    None when nothing is left to ask. Returns the selection and the seconds it took."""
+    None when nothing is left to ask. Returns the selection and the seconds it took. Over
+    several processes all score, rank 0 chooses and reveals, and the others take its pool
+    (their selection is empty)."""
     t0 = time.perf_counter()
-    pool = loop.pool
-    if loop.cfg.budget.name == "full":
-        chosen = Selection.empty()
-        spent = loop.oracle.reveal_all(pool)
-        pool.regions += int(loop.regions.counts.sum())
-    else:
-        chosen = _query(loop, cycle)
-        if len(chosen) == 0:
-            return None, 0.0
-        spent = loop.oracle.reveal(pool, chosen.images, chosen.regions)
-        pool.regions += len(chosen)
-    pool.clicks += spent
-    record_selection(loop.files.state, cycle, chosen.images, chosen.regions)
+    main, full = loop.files is not None, loop.cfg.budget.name == "full"
+    chosen = Selection.empty() if full else _query(loop, cycle)  # None in ranks > 0
+    go_on = full or chosen is None or len(chosen) > 0  # rank 0's says
+    if main and go_on:
+        spent = _reveal(loop, cycle, chosen, full)
+    if not distributed.share_pool(loop.pool, loop.generator, go_on):
+        return None, 0.0
     query_s = time.perf_counter() - t0
+    if not main:
+        return Selection.empty(), query_s
     if cycle > 0:
         log.info("  asked %d regions (%d clicks) in %.1fs", len(chosen), spent, query_s)
     return chosen, query_s
 
 
+def _reveal(loop: Loop, cycle: int, chosen: Selection, full: bool) -> float:
+    """The oracle reveals the chosen regions' labels (all with budget=full), the selection is
+    recorded; returns the clicks spent."""
+    pool = loop.pool
+    if full:
+        spent = loop.oracle.reveal_all(pool)
+        pool.regions += int(loop.regions.counts.sum())
+    else:
+        spent = loop.oracle.reveal(pool, chosen.images, chosen.regions)
+        pool.regions += len(chosen)
+    pool.clicks += spent
+    record_selection(loop.files.state, cycle, chosen.images, chosen.regions)
+    return spent
+
+
 def _learn(loop: Loop, cycle: int, query_s: float) -> dict:
-    """Train every model on what is revealed (from the initial weights with train.reinit),
-    evaluate the first; returns the cycle's metrics row."""
+    """Train every model, evaluate the first; returns the cycle's metrics row."""
     t0 = time.perf_counter()
+    steps = _train(loop, cycle)
+    train_s = time.perf_counter() - t0
+    cm = evaluate(loop.models[0], loop.tensors["val_images"], loop.tensors["val_labels"], loop.data.num_classes,
+                  loop.cfg.train.eval_batch_size)
+    return _metrics_row(cycle, loop.pool, loop.data, cm, steps, train_s, query_s)
+
+
+def _train(loop: Loop, cycle: int) -> int:
+    """Train every model on what is revealed (from the initial weights with train.reinit);
+    returns the steps taken."""
     report = lambda step, steps, loss, lr: loop.hooks.on_train_report(loop.run, cycle, step, steps, loss, lr)  # noqa: E731
     label_sets = loop.pool.label_table()  # multi-class labels (annotation=multiclass), else None
     stage2 = label_sets is not None and loop.cfg.annotation.get("prototypes", False)
@@ -202,10 +263,7 @@ def _learn(loop: Loop, cycle: int, query_s: float) -> dict:
                 model.load_state_dict(weights)
             steps += train_cycle(model, images, pseudo, loop.cfg.train, loop.generator, cycle, report=report,
                                  teacher=teacher)
-    train_s = time.perf_counter() - t0
-    cm = evaluate(loop.models[0], loop.tensors["val_images"], loop.tensors["val_labels"], loop.data.num_classes,
-                  loop.cfg.train.eval_batch_size)
-    return _metrics_row(cycle, loop.pool, loop.data, cm, steps, train_s, query_s)
+    return steps
 
 
 def _save_cycle(loop: Loop, cycle: int, chosen: Selection, rows: list[dict]) -> None:
@@ -259,16 +317,22 @@ def _build_models(cfg: DictConfig, strategy, num_classes: int, device: torch.dev
     return models
 
 
-def _query(loop: Loop, cycle: int) -> Selection:
-    """Choose this cycle's regions: random in cycle 0, the strategy afterwards."""
+def _query(loop: Loop, cycle: int) -> Selection | None:
+    """Choose this cycle's regions: random in cycle 0, the strategy afterwards. Over several
+    processes each scores its share of the pool, and rank 0 chooses (None in the others)."""
     cfg, images = loop.cfg, loop.tensors["train_images"]
     active = cycle > 0 and loop.strategy.needs_model
     chooser = loop.strategy if active else STRATEGIES["random"](cfg.strategy)
     revealed = torch.from_numpy(loop.pool.revealed).to(images.device)
     if cycle > 0:  # region=adaptive merges its superpixels from the current model
         loop.regions.refresh(loop.models[0], images, revealed, cfg.train.eval_batch_size)
+    size = int(cfg.train.eval_batch_size)
     scored = query.score_pool(chooser, loop.models if active else [], images, loop.tensors["train_labels"], revealed,
-                              loop.regions, loop.generator, cfg.train.eval_batch_size, loop.data.num_classes)
+                              loop.regions, loop.generator, size, loop.data.num_classes,
+                              distributed.shard(len(images), size))
+    scored = distributed.gather_rows(scored, len(images), size)
+    if scored is None:
+        return None
     amount = cfg.budget.initial if cycle == 0 else cfg.budget.per_cycle
     budget = Budget(float(amount), cfg.budget.name == "per_image", loop.costs)
     return selection.choose(chooser, scored, budget, device_generator(loop.generator, images.device), loop.data.num_classes)

@@ -8,12 +8,13 @@ the device with scatter_reduce.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
 import torch
 
-from alseg.device import device_generator
+from alseg import distributed
 from alseg.errors import AlsegError
 from alseg.data.base import IGNORE
 from alseg.model import autocast, is_split, mc_passes, to_input
@@ -113,6 +114,7 @@ def score_pool(
     generator: torch.Generator,
     batch_size: int,
     num_classes: int,
+    rows: slice | None = None,
 ) -> PoolScores:
     """Score every region of the pool. `models=[]` draws random region scores; several models
     form a committee. The strategy's config says how pixel scores become region scores
@@ -121,15 +123,18 @@ def score_pool(
     many candidates are kept (for pixels: the `pixel_candidates` best-scoring askable pixels
     of each image, ties at random). `labels` and `revealed` [N, H, W] (uint8) are tensors on
     the device: a copy from host memory per batch would make a GPU wait. Random draws come
-    from a device generator seeded from `generator`. A NaN or +inf score (a diverged model)
-    is an error, never a rank."""
+    (and MC dropout's) come from generators seeded per batch from one draw of `generator`, so
+    that a batch scores alike whichever process scores it: `rows` (whole batches, see
+    alseg.distributed.shard) scores only those images, and the result holds their rows. A NaN
+    or +inf score (a diverged model) is an error, never a rank."""
     s = strategy.cfg
     device = images.device
-    draws = device_generator(generator, device)
+    seed = int(torch.randint(2**62, (1,), generator=generator))
     n, r = len(images), regions.max_regions
-    out = PoolScores(torch.empty(n, r, device=device))
+    rows = rows or slice(0, n)
+    out = PoolScores(torch.empty(rows.stop - rows.start, r, device=device))
     if models and s.get("class_balance"):
-        out.classes = torch.empty(n, r, dtype=torch.int64, device=device)
+        out.classes = torch.empty(rows.stop - rows.start, r, dtype=torch.int64, device=device)
     counts = torch.as_tensor(regions.counts, device=device)
     keep_embeddings = strategy.uses_embeddings and bool(models)
     if keep_embeddings:
@@ -137,9 +142,11 @@ def score_pool(
             raise AlsegError(f"{s.name} needs embeddings: {type(models[0]).__name__} must have features(x) and head(features, size)")
         cand_width, lab_width = _embedding_widths(regions, revealed, int(s.get("pixel_candidates", 1024)))
     broken = torch.zeros((), dtype=torch.bool, device=device)
-    progress = Progress("scoring the pool", n, every=None)  # a bar on a terminal (batches queued, no sync)
-    for start in range(0, n, batch_size):
+    progress = Progress("scoring the pool", rows.stop - rows.start, every=None)  # a bar on a terminal (no sync)
+    for start in range(rows.start, rows.stop, batch_size):
         batch = slice(start, min(start + batch_size, n))
+        here = slice(start - rows.start, batch.stop - rows.start)
+        draws = torch.Generator(device=device).manual_seed(seed + start)
         maps = regions.batch_maps(batch, device)
         asked_regions = _to_regions((revealed[batch] != NOT_ASKED).to(torch.float32), maps, r, "amax") > 0
         blocked = asked_regions | (torch.arange(r, device=device) >= counts[batch, None])  # asked, or padding
@@ -150,22 +157,32 @@ def score_pool(
         else:
             keep: dict = {}
             x = to_input(images[batch])
-            with autocast(device):
+            with autocast(device), _seeded(device, seed + start):
                 pixel = strategy.score_passes(_passes(models, x, strategy, keep))
             batch_scores = _to_regions(pixel.float(), maps, r, _REDUCE[s.get("aggregate", "mean")])
             if out.classes is not None:
-                out.classes[batch] = _majority(keep["sum"].argmax(dim=1), maps, r, num_classes)
+                out.classes[here] = _majority(keep["sum"].argmax(dim=1), maps, r, num_classes)
         broken |= (torch.isnan(batch_scores) | torch.isposinf(batch_scores)).any()
         batch_scores = batch_scores.masked_fill(blocked, -math.inf)
-        out.scores[batch] = batch_scores
+        out.scores[here] = batch_scores
         if keep_embeddings:
             embedder = _embedder(keep["features"], maps, images.shape[1:3], r)
-            _keep_embeddings(out, batch, embedder, order_keys(batch_scores, draws), asked_regions, n, cand_width, lab_width)
+            _keep_embeddings(out, here, embedder, order_keys(batch_scores, draws), asked_regions, len(out.scores),
+                             cand_width, lab_width)
         progress.tick(batch.stop - batch.start)
     progress.close()
-    if broken.item():
+    if distributed.any_rank(broken):
         raise AlsegError("the model's scores are NaN or infinite: training diverged (lower train.lr, or check the data)")
     return out
+
+
+@contextmanager
+def _seeded(device: torch.device, seed: int) -> Iterator[None]:
+    """Torch's global random draws (MC dropout) from `seed`; the run's own stream goes on after
+    as it was."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
 
 
 def _embedding_widths(regions: Regions, revealed: torch.Tensor, pixel_candidates: int) -> tuple[int, int]:

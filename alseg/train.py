@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from alseg.data.base import IGNORE
+from alseg import distributed
 from alseg.device import upload
 from alseg.errors import AlsegError
 from alseg.metrics import confusion
@@ -55,12 +56,13 @@ def train_cycle(
     if teacher is not None:
         targets = targets.masked_fill(torch.from_numpy(np.asarray(revealed) == NOT_ASKED).to(device), UNASKED)
     batches, per_epoch = _batches(labelled, cfg, generator)
+    net = distributed.wrap(model)  # over several processes: DDP, each on its slice of every batch
     optimiser = make_optimiser(model, cfg)
     schedule = make_schedule(optimiser, cfg, len(batches), per_epoch)
     precision = autocast(device)
     scaler = torch.amp.GradScaler(enabled=precision.fast_dtype == torch.float16 and device.type == "cuda")
     average = WeightAverage(model, float(cfg.ema)) if cfg.get("ema") else None
-    model.train()
+    net.train()
     start = time.perf_counter()
     every = max(per_epoch, len(batches) // 100)  # a report per epoch, at most ~100 a cycle: one sync each
     log_every = max(every, len(batches) // 5)  # about five log lines a cycle
@@ -69,8 +71,10 @@ def train_cycle(
     on_device = upload(torch.cat(batches), device).split([len(b) for b in batches])  # one copy, not one per step
     table = None if label_sets is None else torch.from_numpy(label_sets).to(device)
     for step, chunk in enumerate(on_device, start=1):
-        x, y = augment(images[chunk].permute(0, 3, 1, 2).float(), targets[chunk], cfg.augment, generator)
-        loss = _loss(model, teacher, normalise(x), y, cfg, precision, None if table is None else table[chunk])
+        mine = chunk[distributed.part(len(chunk))]
+        x, y = augment(images[mine].permute(0, 3, 1, 2).float(), targets[mine], cfg.augment, generator,
+                       distributed.part(len(chunk)), len(chunk))
+        loss = _loss(net, teacher, normalise(x), y, cfg, precision, None if table is None else table[mine])
         optimiser.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimiser)
@@ -81,7 +85,7 @@ def train_cycle(
         total, count = total + loss.detach(), count + 1
         progress.tick()
         if step % every == 0 or step == len(batches):
-            mean = total.item() / count  # one sync per report, not per step
+            mean = distributed.mean(total).item() / count  # one sync per report, not per step
             if not math.isfinite(mean):
                 raise AlsegError(f"training diverged in cycle {cycle}: the loss became {mean} by step {step} of "
                                  f"{len(batches)}; lower train.lr (now {cfg.lr})")
@@ -187,16 +191,20 @@ def _batches(labelled: torch.Tensor, cfg, generator: torch.Generator) -> tuple[l
     `cfg.iterations`, that many full batches cut from consecutive random orders of the
     labelled images (an image repeats within a batch only when fewer than a batch hold labels).
     With `cfg.epochs`, each epoch one random order cut into batches; a last batch of one image
-    is dropped, as batch norm cannot train on it (DeepLabV3+'s image pooling)."""
+    is dropped, as batch norm cannot train on it (DeepLabV3+'s image pooling), and over several
+    processes one with fewer images than processes (each needs one)."""
     n, size = len(labelled), int(cfg.batch_size)
     if cfg.get("iterations"):
         steps = int(cfg.iterations)
         orders = torch.rand(math.ceil(steps * size / n), n, generator=generator).argsort(dim=1)
         return list(labelled[orders.flatten()][: steps * size].view(steps, size)), max(1, math.ceil(n / size))
-    batches = []
+    batches, least = [], 1 if n == 1 == distributed.world() else max(2, distributed.world())
     for _ in range(int(cfg.epochs)):
         chunks = labelled[torch.randperm(n, generator=generator)].split(size)
-        batches += [c for c in chunks if len(c) > 1 or n == 1]
+        batches += [c for c in chunks if len(c) >= least]
+    if not batches:
+        raise AlsegError(f"{n} labelled image(s) cannot make a batch for each of the {distributed.world()} processes: "
+                         "use train.iterations (batches repeat images), or fewer devices")
     return batches, max(1, len(batches) // int(cfg.epochs))
 
 
