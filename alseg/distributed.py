@@ -167,7 +167,8 @@ def share_pool(pool, generator: torch.Generator, go_on: bool, models: list | Non
         return go_on
     cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
     state = share({
-        "go_on": go_on, "clicks": pool.clicks, "regions": pool.regions, "generator": generator.get_state(),
+        "go_on": go_on, "clicks": pool.clicks, "regions": pool.regions, "sets": pool.sets,
+        "generator": generator.get_state(),
         "global": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if cuda else None,
         "weights": [m.state_dict() for m in models] if models is not None and rank() == 0 else None,
     })
@@ -177,7 +178,7 @@ def share_pool(pool, generator: torch.Generator, go_on: bool, models: list | Non
     dist.broadcast(revealed, src=0)
     if rank() != 0:
         pool.revealed[:] = revealed.cpu().numpy()
-        pool.clicks, pool.regions = state["clicks"], state["regions"]
+        pool.clicks, pool.regions, pool.sets = state["clicks"], state["regions"], state["sets"]
         generator.set_state(state["generator"])
         torch.set_rng_state(state["global"])
         if state["cuda"] is not None and cuda:
@@ -185,6 +186,15 @@ def share_pool(pool, generator: torch.Generator, go_on: bool, models: list | Non
         for model, weights in zip(models or [], state["weights"] or []):
             model.load_state_dict(weights)
     return bool(state["go_on"])
+
+
+def same_weights(model: torch.nn.Module) -> None:
+    """Rank 0's parameters and buffers on every rank: after training, the batch-norm statistics
+    each process gathered from its own slice (CPUs have no SyncBatchNorm) become rank 0's, so
+    that every shard of the pool is scored, and every merge judged, by the same model."""
+    if world() > 1:
+        for tensor in model.state_dict().values():
+            dist.broadcast(tensor, src=0)
 
 
 def shard(n: int, batch_size: int, rank_: int | None = None) -> slice:

@@ -99,6 +99,7 @@ def train_cycle(
     progress.close()
     if average is not None:
         average.finish()
+    distributed.same_weights(model)
     return len(batches)
 
 

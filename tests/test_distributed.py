@@ -125,3 +125,28 @@ def test_devices_must_fit_the_batch_and_the_machine():
     with pytest.raises(AlsegError, match="device=cuda:0 names one GPU"):
         with distributed.processes(OmegaConf.create({"devices": 2, "device": "cuda:0"}), print):
             pass
+
+
+def share_state(cfg) -> list:
+    """Rank 0 holds a multi-class label set and weights of ones, rank 1 nothing and zeros; after
+    share_pool and same_weights, whether each rank has rank 0's (gathered everywhere)."""
+    import torch.distributed as dist
+    from alseg.pool import Pool
+    pool, model = Pool.empty(2, 2, 2, 3), torch.nn.Linear(2, 2)
+    if distributed.rank() == 0:
+        pool.reveal_sets(0, (np.array([0, 0]), np.array([0, 1])), np.array([[True, True, False]]), np.zeros(2, int))
+    torch.nn.init.constant_(model.weight, float(distributed.rank() == 0))
+    distributed.share_pool(pool, torch.Generator(), True)
+    distributed.same_weights(model)
+    table = pool.label_table()
+    ok = table is not None and pool.revealed[0, 0, 1] == 3 and bool(table[0, 3, :2].all()) and bool((model.weight == 1).all())
+    seen = [None] * distributed.world()
+    dist.all_gather_object(seen, bool(ok))
+    return seen
+
+
+def test_other_ranks_get_the_label_sets_and_rank_0s_weights():
+    cfg = OmegaConf.create({"devices": 2, "device": "cpu"})
+    with distributed.processes(cfg, share_state) as main:
+        assert main
+        assert share_state(cfg) == [True, True]
