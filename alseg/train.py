@@ -11,13 +11,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from alseg.data.base import IGNORE
+from alseg.data.base import IGNORE, NativeLabels
+from alseg import placement
 from alseg.device import upload
 from alseg.errors import AlsegError
 from alseg.metrics import confusion
 from alseg.augment import augment
 from alseg.model import autocast, normalise, to_input
-from alseg.pool import MAX_CLASSES, NOT_ASKED, training_targets
+from alseg.placement import Streamed
+from alseg.pool import MAX_CLASSES, NO_LABEL, NOT_ASKED, training_targets
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +30,8 @@ UNASKED = MAX_CLASSES
 
 def train_cycle(
     model: torch.nn.Module,
-    images: torch.Tensor,
-    revealed: np.ndarray,
+    images: torch.Tensor | Streamed,
+    revealed: np.ndarray | torch.Tensor | Streamed,
     cfg,
     generator: torch.Generator,
     cycle: int = 0,
@@ -42,14 +44,15 @@ def train_cycle(
     that is not finite stops the run (training diverged). About five times per cycle,
     `report(step, steps, mean_loss, lr)` hears the progress (alseg.callbacks). A `teacher`
     (train.semi=pseudo_label, see make_teacher) adds a pseudo-label term on the pixels of these
-    images that were never asked (`_loss`); the batches and steps stay the same."""
+    images that were never asked (`_loss`); the batches and steps stay the same. `images` and
+    `revealed` are on the device or `Streamed` from host memory (alseg.placement); a numpy
+    `revealed` is copied to the device."""
     device = images.device
-    targets = training_targets(revealed, device)
-    labelled = torch.nonzero((targets != IGNORE).flatten(1).any(dim=1)).flatten().cpu()
+    if isinstance(revealed, np.ndarray):
+        revealed = torch.from_numpy(revealed).to(device)
+    labelled = _labelled_images(placement.host_view(revealed))
     if len(labelled) == 0:
         raise ValueError("no labelled pixels to train on")
-    if teacher is not None:
-        targets = targets.masked_fill(torch.from_numpy(np.asarray(revealed) == NOT_ASKED).to(device), UNASKED)
     batches, per_epoch = _batches(labelled, cfg, generator)
     optimiser = make_optimiser(model, cfg)
     schedule = make_schedule(optimiser, cfg, len(batches), per_epoch)
@@ -60,9 +63,11 @@ def train_cycle(
     start = time.perf_counter()
     every = max(1, len(batches) // 5)
     total, count = torch.zeros((), device=device), 0
-    on_device = upload(torch.cat(batches), device).split([len(b) for b in batches])  # one copy, not one per step
-    for step, chunk in enumerate(on_device, start=1):
-        x, y = augment(images[chunk].permute(0, 3, 1, 2).float(), targets[chunk], cfg.augment, generator)
+    for step, (batch_images, batch_revealed) in enumerate(placement.batches([images, revealed], batches), start=1):
+        targets = training_targets(batch_revealed, device)
+        if teacher is not None:
+            targets = targets.masked_fill(batch_revealed == NOT_ASKED, UNASKED)
+        x, y = augment(batch_images.permute(0, 3, 1, 2).float(), targets, cfg.augment, generator)
         loss = _loss(model, teacher, normalise(x), y, cfg, precision)
         optimiser.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -85,6 +90,11 @@ def train_cycle(
     if average is not None:
         average.finish()
     return len(batches)
+
+
+def _labelled_images(revealed: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """Indices (a CPU tensor) of the images with any revealed class label."""
+    return torch.nonzero(torch.as_tensor((revealed < NO_LABEL).reshape(len(revealed), -1).any(1)).cpu()).flatten()
 
 
 class WeightAverage:
@@ -200,12 +210,23 @@ def make_schedule(optimiser: torch.optim.Optimizer, cfg, steps: int, per_epoch: 
 
 
 @torch.inference_mode()
-def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, num_classes: int, batch_size: int) -> np.ndarray:
-    """One confusion matrix [C, C] accumulated over the whole split."""
+def evaluate(model: torch.nn.Module, images: torch.Tensor | Streamed, labels: torch.Tensor | Streamed, num_classes: int,
+             batch_size: int, native: NativeLabels | None = None) -> np.ndarray:
+    """One confusion matrix [C, C] accumulated over the whole split: against `labels` at the
+    working size, or with `native` (dataset.eval_size=native) against each image's labels at
+    their original size, the logits upsampled (bilinear) to it."""
     model.eval()
-    cm = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=images.device)
-    for start in range(0, len(images), batch_size):
-        with autocast(images.device):
-            logits = model(to_input(images[start : start + batch_size]))
-        cm += confusion(logits.argmax(dim=1), labels[start : start + batch_size], num_classes)
+    device = images.device
+    cm = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+    slices = [slice(start, min(start + batch_size, len(images))) for start in range(0, len(images), batch_size)]
+    for batch, (x, y) in zip(slices, placement.batches([images, None if native else labels], slices)):
+        with autocast(device):
+            logits = model(to_input(x))
+        if native is None:
+            cm += confusion(logits.argmax(dim=1), y, num_classes)
+            continue
+        for i, scores in zip(range(batch.start, batch.stop), logits):
+            truth = upload(torch.from_numpy(native[i]), device)
+            pred = F.interpolate(scores[None].float(), size=truth.shape, mode="bilinear", align_corners=False)
+            cm += confusion(pred[0].argmax(dim=0), truth, num_classes)
     return cm.cpu().numpy()
