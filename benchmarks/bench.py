@@ -2,7 +2,8 @@
 
 On real CamVid (../shared/data/camvid or --root): data loading from the cache vs decoding the
 PNGs; a training epoch through alseg vs bare forward+backward+step on tensors already in
-memory; scoring the pool (scores, region reduction, selection; top-k and power sampling) vs a bare forward pass over
+memory; the same epoch with the data streamed from the memory-mapped cache (placement=host)
+vs kept on the device, and the peak memory of both; scoring the pool (scores, region reduction, selection; top-k and power sampling) vs a bare forward pass over
 the same pool; SEEDS build time per image; memory of the labelled state for a
 Cityscapes-sized pool. Writes outputs/bench/bench.json and prints a table.
 """
@@ -24,6 +25,7 @@ from alseg import query, selection
 from alseg.data import decode_split, load_split
 from alseg.device import device_generator, resolve_device, tune_convolutions
 from alseg.model import autocast, build_model, to_input
+from alseg.placement import Placement, data_bytes
 from alseg.pool import Pool
 from alseg.regions import build_regions
 from alseg.strategies import build_strategy
@@ -99,6 +101,39 @@ def train_pair(cfg, model, images, labels, device):
         train_cycle(model, images, labels, cfg.train, generator)
 
     return alseg, bare
+
+
+def stream_pair(cfg, model, split, count: int, device):
+    """One training epoch on the first `count` images kept on the device (placement=device)
+    vs streamed from the memory-mapped cache (placement=host), the same batches."""
+    arrays = (split.images[:count], split.labels[:count])
+
+    def epoch(resident: bool):
+        sources = [Placement(device, resident).put(a) for a in arrays]
+        return lambda: train_cycle(model, *sources, cfg.train, torch.Generator().manual_seed(0))
+
+    return epoch(False), epoch(True)
+
+
+def peak_memory(cfg, model, split, count: int, device) -> dict:
+    """Peak memory of one epoch, data kept on the device vs streamed. On a GPU, measured:
+    torch.cuda.max_memory_allocated over the epoch (placing the data included) above what was
+    allocated before it. On the CPU, counted: the bytes of the data arrays held as tensors
+    (resident) vs of the two batches in flight (streamed); model and activations excluded."""
+    result = {}
+    for name, resident in (("resident", True), ("streamed", False)):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            base = torch.cuda.memory_allocated(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            stream_pair(cfg, model, split, count, device)[int(resident)]()
+            result[f"peak_memory_{name}_bytes"] = torch.cuda.max_memory_allocated(device) - base
+        else:
+            held = count if resident else 2 * min(count, int(cfg.train.batch_size))
+            result[f"peak_memory_{name}_bytes"] = data_bytes([split.images[:held], split.labels[:held]])
+    result["peak_memory_measure"] = ("cuda max_memory_allocated over one epoch, above the model" if device.type == "cuda"
+                                     else "cpu: bytes of images + labels held (all, or two batches), counted")
+    return result
 
 
 def scoring_pair(cfg, strategy_overrides, model, images, labels, regions, device, budget):
@@ -209,6 +244,10 @@ def main() -> None:
     print(f"train_epoch_ratio: {result['train_epoch_ratio']:.3f}", flush=True)
     if args.profile:
         profile(alseg, bare, device)
+    streamed, resident = stream_pair(cfg, model, train, count, device)
+    result.update(paired(("stream_epoch_s", "resident_epoch_s", "stream_epoch_ratio"), streamed, resident, args.rounds))
+    result.update(peak_memory(cfg, model, train, count, device))
+    print(f"stream_epoch_ratio: {result['stream_epoch_ratio']:.3f}", flush=True)
     budget = 10 * count
     scorings = [("margin_pixel", ["strategy=margin"], pixels),
                 ("power_margin_pixel", ["strategy=margin", "strategy.sampling=power"], pixels)]
