@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from alseg.device import upload
+from alseg.errors import AlsegError
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +130,7 @@ def free_memory(device: torch.device) -> int:
 
 def choose_placement(name: str, fraction: float, needed: int, device: torch.device) -> Placement:
     """The placement for `placement=name` (auto | device | host) of `needed` bytes, logged
-    with the reason."""
+    with the reason; placement=device of more than a GPU's free memory is an AlsegError."""
     if name == "auto":
         free = free_memory(device)
         resident = needed <= fraction * free
@@ -138,6 +139,9 @@ def choose_placement(name: str, fraction: float, needed: int, device: torch.devi
     else:
         resident = name == "device"
         why = f"placement={name}; the data takes {_gb(needed)}"
+        if resident and device.type == "cuda" and needed > free_memory(device):
+            raise AlsegError(f"placement=device: the data ({_gb(needed)}) does not fit in the {_gb(free_memory(device))} "
+                             f"free on {device}; use placement=auto or placement=host to stream it from host memory")
     log.info("placement: %s (%s)%s", "device" if resident else "host", why,
              "" if resident else ": batches are streamed from host memory")
     return Placement(torch.device(device), resident)

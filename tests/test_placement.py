@@ -70,3 +70,10 @@ def test_bad_placement_values_are_user_errors(make_cfg, tmp_path, override, mess
     with pytest.raises(AlsegError) as err:
         run(make_cfg(override), tmp_path / "run")
     assert str(err.value) == message
+
+
+def test_device_placement_beyond_a_gpus_free_memory_says_to_stream(monkeypatch):
+    monkeypatch.setattr(placement, "free_memory", lambda device: 2_000_000_000)
+    with pytest.raises(AlsegError, match=r"^placement=device: the data \(3.00 GB\) does not fit in the 2.00 GB free on "
+                                         r"cuda:0; use placement=auto or placement=host"):
+        placement.choose_placement("device", 0.5, 3_000_000_000, torch.device("cuda:0"))
