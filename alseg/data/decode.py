@@ -176,7 +176,8 @@ class DiskDataset:
         splits = ("train", self.eval_split(cfg))
         items = {split: self.list_items(cfg, split) for split in splits}  # the whole layout first, then decode
         train = load_split(self, cfg, "train", items["train"])
-        val = load_split(self, cfg, splits[1], items[splits[1]], native=cfg.get("eval_size") == "native")
+        native = cfg.get("eval_size") == "native" and working_size(cfg) is not None  # else the labels are native
+        val = load_split(self, cfg, splits[1], items[splits[1]], native=native)
         return SegDataset(self.name, self.class_names, self.palette, train, val)
 
 
