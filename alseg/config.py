@@ -95,6 +95,8 @@ TOP = {
     "resume": Accepts("true, false or a saved cycle number to resume from (resume=N)", lambda v: isinstance(v, bool) or (_is_int(v) and v >= 0)),
     "save_model": choice("last", "every", "never"),
     "overlay_images": integer(0),
+    "placement": choice("auto", "device", "host"),
+    "placement_fraction": number("(0, 1]"),
     "callbacks": IMPORT_PATHS,
 }
 GROUPS = ("dataset", "region", "annotation", "strategy", "budget", "model", "train")
@@ -105,7 +107,8 @@ SCORES = ("entropy", "least_confidence", "margin", "ratio", "ripu", "bald", "var
 COUNT = number("(0, inf)")
 
 SCHEMA: dict[str, dict[str, Accepts]] = {
-    "dataset": {"name": TEXT, "root": nullable(TEXT), "size": nullable(SIZE), "cache_dir": TEXT},
+    "dataset": {"name": TEXT, "root": nullable(TEXT), "size": nullable(SIZE), "cache_dir": TEXT,
+                "eval_size": choice("working", "native")},
     "dataset/synthetic": {"size": SIZE, "num_train": integer(1), "num_val": integer(1), "data_seed": integer(0)},
     "dataset/camvid": {"eval_split": choice("val", "test")},
     "dataset/cityscapes": {"eval_split": choice("val", "test")},

@@ -28,6 +28,7 @@ from alseg.metrics import iou_per_class, miou, pixel_accuracy
 from alseg.model import build_model, check_model
 from alseg.oracle import Oracle
 from alseg.overlay import save_query_overlay
+from alseg.placement import Placement, Streamed, choose_placement, data_bytes
 from alseg.pool import Pool, record_selection
 from alseg.progress import RunProgress, console
 from alseg.prototypes import prototype_labels
@@ -101,7 +102,8 @@ class Loop:
     strategy: object
     models: list[torch.nn.Module]
     initial_weights: list[dict]
-    tensors: dict[str, torch.Tensor]  # train_images, train_labels, val_images, val_labels on the device
+    placement: Placement
+    tensors: dict[str, torch.Tensor | Streamed]  # train_images, train_labels, val_images, val_labels (see placement)
     costs: torch.Tensor | None
     pool: Pool
     generator: torch.Generator
@@ -163,7 +165,7 @@ def _cycles(cfg: DictConfig) -> int:
 
 
 def _setup(cfg: DictConfig, files: RunFiles | None, rows: list[dict], hooks: Callbacks, device: torch.device) -> Loop:
-    """Data, regions, oracle, strategy and models of a run, its tensors on the device, an empty
+    """Data, regions, oracle, strategy and models of a run, its arrays placed (alseg.placement), an empty
     pool; the run's first write (summary.json, "running") once the data is known to be the
     saved run's. `files` is None in the ranks > 0 of a run over several processes."""
     torch.manual_seed(cfg.seed)
@@ -183,14 +185,16 @@ def _setup(cfg: DictConfig, files: RunFiles | None, rows: list[dict], hooks: Cal
     for model in models:
         _check_member(model, cfg, strategy, c, (h, w), device)
     splits = {"train": data.train, "val": data.val}
-    tensors = {f"{split}_{kind}": torch.from_numpy(np.asarray(getattr(d, kind))).to(device)
-               for split, d in splits.items() for kind in ("images", "labels")}
+    arrays = {f"{split}_{kind}": getattr(d, kind) for split, d in splits.items() for kind in ("images", "labels")}
+    needed = data_bytes([*arrays.values(), data.train.labels, regions.maps])  # + the revealed map, as large as the labels
+    where = choose_placement(cfg.placement, float(cfg.placement_fraction), needed, device)
+    tensors = {name: where.put(array) for name, array in arrays.items()}
     costs = oracle.costs()
     log.info("%s: %d train / %d val images of %dx%d, %d classes, %s regions, strategy %s, budget %s on %s",
              cfg.dataset.name, n, len(data.val), h, w, c, regions.name, strategy.cfg.name, cfg.budget.name, device)
     run = RunInfo(cfg, files.out, files.info) if files is not None else RunInfo(cfg, None)
     return Loop(cfg, files, hooks, run, data, regions, oracle, strategy, models,
-                [copy.deepcopy(m.state_dict()) for m in models], tensors,
+                [copy.deepcopy(m.state_dict()) for m in models], where, tensors,
                 None if costs is None else torch.from_numpy(costs).to(device), Pool.empty(n, h, w, c), generator, rng)
 
 
@@ -236,7 +240,7 @@ def _learn(loop: Loop, cycle: int, query_s: float) -> dict:
     steps = _train(loop, cycle)
     train_s = time.perf_counter() - t0
     cm = evaluate(loop.models[0], loop.tensors["val_images"], loop.tensors["val_labels"], loop.data.num_classes,
-                  loop.cfg.train.eval_batch_size)
+                  loop.cfg.train.eval_batch_size, loop.data.val.native)
     return _metrics_row(cycle, loop.pool, loop.data, cm, steps, train_s, query_s)
 
 
@@ -254,14 +258,15 @@ def _train(loop: Loop, cycle: int) -> int:
             targets = sieve(model, images, targets, loop.regions, loop.cfg.train.eval_batch_size)
         if loop.cfg.train.reinit:
             model.load_state_dict(weights)
-        steps = train_cycle(model, images, targets, loop.cfg.train, loop.generator,
+        steps = train_cycle(model, images, loop.placement.put(targets), loop.cfg.train, loop.generator,
                             cycle, report=report, teacher=teacher, label_sets=label_sets)
         if stage2:  # Hwang et al.'s stage 2: train again on the prototypes' pixel labels
             pseudo = prototype_labels(model, images, loop.pool.revealed, label_sets, loop.regions,
                                       loop.cfg.train.eval_batch_size)
             if loop.cfg.train.reinit:
                 model.load_state_dict(weights)
-            steps += train_cycle(model, images, pseudo, loop.cfg.train, loop.generator, cycle, report=report,
+            steps += train_cycle(model, images, loop.placement.put(pseudo), loop.cfg.train, loop.generator, cycle,
+                                 report=report,
                                  teacher=teacher)
     return steps
 
@@ -284,7 +289,7 @@ def _train_regions(cfg: DictConfig, data) -> Regions:
     caches live, nor which split is evaluated); a decoded cache's file name hashes every
     source file's size and time, so edited data never meets stale superpixels."""
     data_key = {k: v for k, v in OmegaConf.to_container(cfg.dataset, resolve=True).items()
-                if k not in ("cache_dir", "eval_split")}
+                if k not in ("cache_dir", "eval_split", "eval_size")}
     if getattr(data.train.images, "filename", None):
         data_key["source"] = Path(data.train.images.filename).name
     cache_dir = str(Path(cfg.dataset.cache_dir).expanduser())
@@ -323,7 +328,7 @@ def _query(loop: Loop, cycle: int) -> Selection | None:
     cfg, images = loop.cfg, loop.tensors["train_images"]
     active = cycle > 0 and loop.strategy.needs_model
     chooser = loop.strategy if active else STRATEGIES["random"](cfg.strategy)
-    revealed = torch.from_numpy(loop.pool.revealed).to(images.device)
+    revealed = loop.placement.put(loop.pool.revealed)
     if cycle > 0:  # region=adaptive merges its superpixels from the current model
         loop.regions.refresh(loop.models[0], images, revealed, cfg.train.eval_batch_size)
     size = int(cfg.train.eval_batch_size)

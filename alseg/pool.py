@@ -163,9 +163,9 @@ class Pool:
         atomic_write(folder / "meta.json", lambda f: json.dump(meta, f, indent=1), "w")
 
 
-def training_targets(revealed: np.ndarray, device: torch.device) -> torch.Tensor:
-    """The revealed map on `device` as training targets: both markers become IGNORE."""
-    targets = torch.from_numpy(np.asarray(revealed)).to(device)
+def training_targets(revealed: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The revealed map (or a batch of it) on `device` as training targets: both markers become IGNORE."""
+    targets = torch.as_tensor(revealed, device=device)
     return torch.where(targets >= NO_LABEL, IGNORE, targets)
 
 

@@ -18,6 +18,7 @@ from alseg import distributed
 from alseg.errors import AlsegError
 from alseg.data.base import IGNORE
 from alseg.model import autocast, is_split, mc_passes, to_input
+from alseg.placement import Streamed, batches, host_view, is_streamed
 from alseg.pool import NOT_ASKED
 from alseg.progress import Progress
 from alseg.regions import Regions
@@ -107,9 +108,9 @@ def _passes(models: list[torch.nn.Module], x: torch.Tensor, strategy: Strategy, 
 def score_pool(
     strategy: Strategy,
     models: list[torch.nn.Module],
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    revealed: torch.Tensor,
+    images: torch.Tensor | Streamed,
+    labels: torch.Tensor | Streamed,
+    revealed: torch.Tensor | Streamed,
     regions: Regions,
     generator: torch.Generator,
     batch_size: int,
@@ -121,12 +122,13 @@ def score_pool(
     (`aggregate`), whether void pixels may be asked (`exclude_void`), whether the regions'
     majority predicted classes are kept (`class_balance`) and, with an embedding strategy, how
     many candidates are kept (for pixels: the `pixel_candidates` best-scoring askable pixels
-    of each image, ties at random). `labels` and `revealed` [N, H, W] (uint8) are tensors on
-    the device: a copy from host memory per batch would make a GPU wait. Random draws come
-    (and MC dropout's) come from generators seeded per batch from one draw of `generator`, so
-    that a batch scores alike whichever process scores it: `rows` (whole batches, see
-    alseg.distributed.shard) scores only those images, and the result holds their rows. A NaN
-    or +inf score (a diverged model) is an error, never a rank."""
+    of each image, ties at random). `images`, `labels` and `revealed` [N, H, W] (uint8) are
+    on the device, or all `Streamed` from host memory (alseg.placement; the region maps then
+    stream too), read one batch ahead. Random draws (and MC dropout's) come from generators
+    seeded per batch from one draw of `generator`, so that a batch scores alike whichever
+    process scores it: `rows` (whole batches, see alseg.distributed.shard) scores only those
+    images, and the result holds their rows. A NaN or +inf score (a diverged model) is an
+    error, never a rank."""
     s = strategy.cfg
     device = images.device
     seed = int(torch.randint(2**62, (1,), generator=generator))
@@ -143,21 +145,22 @@ def score_pool(
         cand_width, lab_width = _embedding_widths(regions, revealed, int(s.get("pixel_candidates", 1024)))
     broken = torch.zeros((), dtype=torch.bool, device=device)
     progress = Progress("scoring the pool", rows.stop - rows.start, every=None)  # a bar on a terminal (no sync)
-    for start in range(rows.start, rows.stop, batch_size):
-        batch = slice(start, min(start + batch_size, n))
-        here = slice(start - rows.start, batch.stop - rows.start)
-        draws = torch.Generator(device=device).manual_seed(seed + start)
-        maps = regions.batch_maps(batch, device)
-        asked_regions = _to_regions((revealed[batch] != NOT_ASKED).to(torch.float32), maps, r, "amax") > 0
+    slices = [slice(start, min(start + batch_size, n)) for start in range(rows.start, rows.stop, batch_size)]
+    sources = [images, labels, revealed, regions.source(device, is_streamed(images))]
+    for batch, (batch_images, batch_labels, batch_revealed, maps) in zip(slices, batches(sources, slices)):
+        here = slice(batch.start - rows.start, batch.stop - rows.start)
+        draws = torch.Generator(device=device).manual_seed(seed + batch.start)
+        maps = None if maps is None else maps.to(torch.int64)
+        asked_regions = _to_regions((batch_revealed != NOT_ASKED).to(torch.float32), maps, r, "amax") > 0
         blocked = asked_regions | (torch.arange(r, device=device) >= counts[batch, None])  # asked, or padding
         if maps is None and s.get("exclude_void", True):
-            blocked |= labels[batch].flatten(1) == IGNORE
+            blocked |= batch_labels.flatten(1) == IGNORE
         if not models:
             batch_scores = torch.rand(len(blocked), r, generator=draws, device=device)
         else:
             keep: dict = {}
-            x = to_input(images[batch])
-            with autocast(device), _seeded(device, seed + start):
+            x = to_input(batch_images)
+            with autocast(device), _seeded(device, seed + batch.start):
                 pixel = strategy.score_passes(_passes(models, x, strategy, keep))
             batch_scores = _to_regions(pixel.float(), maps, r, _REDUCE[s.get("aggregate", "mean")])
             if out.classes is not None:
@@ -185,13 +188,14 @@ def _seeded(device: torch.device, seed: int) -> Iterator[None]:
         yield
 
 
-def _embedding_widths(regions: Regions, revealed: torch.Tensor, pixel_candidates: int) -> tuple[int, int]:
+def _embedding_widths(regions: Regions, revealed: torch.Tensor | Streamed, pixel_candidates: int) -> tuple[int, int]:
     """Candidates and asked regions kept per image: every region, or for pixel regions the
     `pixel_candidates` best and room for the most pixels asked in one image."""
     r = regions.max_regions
     if regions.maps is not None:
         return r, r
-    return min(r, pixel_candidates), int((revealed.flatten(1) != NOT_ASKED).sum(dim=1).max())
+    asked = host_view(revealed)
+    return min(r, pixel_candidates), int((asked.reshape(len(asked), -1) != NOT_ASKED).sum(1).max())
 
 
 def _keep_embeddings(out: PoolScores, batch: slice, embed, keys, asked, n, cand_width, lab_width) -> None:

@@ -11,14 +11,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from alseg.data.base import IGNORE
-from alseg import distributed
+from alseg.data.base import IGNORE, NativeLabels
+from alseg import distributed, placement
 from alseg.device import upload
 from alseg.errors import AlsegError
 from alseg.metrics import confusion
 from alseg.augment import augment
 from alseg.model import autocast, normalise, to_input
-from alseg.pool import MAX_CLASSES, NOT_ASKED, training_targets
+from alseg.placement import Streamed
+from alseg.pool import MAX_CLASSES, NO_LABEL, NOT_ASKED, training_targets
 from alseg.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -30,8 +31,8 @@ UNASKED = MAX_CLASSES
 
 def train_cycle(
     model: torch.nn.Module,
-    images: torch.Tensor,
-    revealed: np.ndarray,
+    images: torch.Tensor | Streamed,
+    revealed: np.ndarray | torch.Tensor | Streamed,
     cfg,
     generator: torch.Generator,
     cycle: int = 0,
@@ -41,20 +42,19 @@ def train_cycle(
 ) -> int:
     """Train `model` with cross-entropy on revealed pixels only, over the images that have any:
     `cfg.epochs` passes over them, or exactly `cfg.iterations` optimiser steps (batches drawn
-    from them, so that every strategy trains equally long). Returns the steps taken; a loss
-    that is not finite stops the run (training diverged). After each epoch (at most ~100 times a cycle),
-    `report(step, steps, mean_loss, lr)` hears the progress (alseg.callbacks). A `teacher`
+    from them, so that every strategy trains equally long). Returns the steps taken. A `teacher`
     (train.semi=pseudo_label, see make_teacher) adds a pseudo-label term on the pixels of these
     images that were never asked (`_loss`); the batches and steps stay the same. `label_sets`
     (alseg.pool.Pool.label_table, annotation=multiclass) turns the cross-entropy into the merged
-    positive loss over each pixel's named classes."""
+    positive loss over each pixel's named classes. `images` and `revealed` are on the device or
+    `Streamed` from host memory (alseg.placement); a numpy `revealed` is copied to the device.
+    Over several processes (alseg.distributed) each trains its slice of every batch under DDP."""
     device = images.device
-    targets = training_targets(revealed, device)
-    labelled = torch.nonzero((targets != IGNORE).flatten(1).any(dim=1)).flatten().cpu()
+    if isinstance(revealed, np.ndarray):
+        revealed = torch.from_numpy(revealed).to(device)
+    labelled = _labelled_images(placement.host_view(revealed))
     if len(labelled) == 0:
         raise ValueError("no labelled pixels to train on")
-    if teacher is not None:
-        targets = targets.masked_fill(torch.from_numpy(np.asarray(revealed) == NOT_ASKED).to(device), UNASKED)
     batches, per_epoch = _batches(labelled, cfg, generator)
     net = distributed.wrap(model)  # over several processes: DDP, each on its slice of every batch
     optimiser = make_optimiser(model, cfg)
@@ -63,18 +63,16 @@ def train_cycle(
     scaler = torch.amp.GradScaler(enabled=precision.fast_dtype == torch.float16 and device.type == "cuda")
     average = WeightAverage(model, float(cfg.ema)) if cfg.get("ema") else None
     net.train()
-    start = time.perf_counter()
-    every = max(per_epoch, len(batches) // 100)  # a report per epoch, at most ~100 a cycle: one sync each
-    log_every = max(every, len(batches) // 5)  # about five log lines a cycle
-    progress = Progress(f"cycle {cycle} training", len(batches), "steps", every=None)  # a bar on a terminal
-    total, count = torch.zeros((), device=device), 0
-    on_device = upload(torch.cat(batches), device).split([len(b) for b in batches])  # one copy, not one per step
+    reports = _Reports(len(batches), per_epoch, cycle, cfg.lr, report, device)
     table = None if label_sets is None else torch.from_numpy(label_sets).to(device)
-    for step, chunk in enumerate(on_device, start=1):
-        mine = chunk[distributed.part(len(chunk))]
-        x, y = augment(images[mine].permute(0, 3, 1, 2).float(), targets[mine], cfg.augment, generator,
-                       distributed.part(len(chunk)), len(chunk))
-        loss = _loss(net, teacher, normalise(x), y, cfg, precision, None if table is None else table[mine])
+    parts = [distributed.part(len(b)) for b in batches]  # this process's slice of every batch
+    sources = placement.batches([images, revealed, table], [b[part] for b, part in zip(batches, parts)])
+    for step, (batch, part, (x, batch_revealed, sets)) in enumerate(zip(batches, parts, sources), start=1):
+        targets = training_targets(batch_revealed, device)
+        if teacher is not None:
+            targets = targets.masked_fill(batch_revealed == NOT_ASKED, UNASKED)
+        x, y = augment(x.permute(0, 3, 1, 2).float(), targets, cfg.augment, generator, part, len(batch))
+        loss = _loss(net, teacher, normalise(x), y, cfg, precision, sets)
         optimiser.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimiser)
@@ -82,25 +80,48 @@ def train_cycle(
         schedule.step()
         if average is not None:
             average.update()
-        total, count = total + loss.detach(), count + 1
-        progress.tick()
-        if step % every == 0 or step == len(batches):
-            mean = distributed.mean(total).item() / count  # one sync per report, not per step
-            if not math.isfinite(mean):
-                raise AlsegError(f"training diverged in cycle {cycle}: the loss became {mean} by step {step} of "
-                                 f"{len(batches)}; lower train.lr (now {cfg.lr})")
-            if step % log_every < every or step == len(batches):
-                log.info("  step %d/%d (epoch %.1f)  loss %.3f  (%.1fs)", step, len(batches), step / per_epoch, mean,
-                         time.perf_counter() - start)
-            progress.show(loss=f"{mean:.3f}")
-            if report is not None:
-                report(step, len(batches), mean, optimiser.param_groups[0]["lr"])
-            total, count = torch.zeros((), device=device), 0
-    progress.close()
+        reports.add(step, loss, optimiser)
     if average is not None:
         average.finish()
     distributed.same_weights(model)
     return len(batches)
+
+
+class _Reports:
+    """A cycle's training loss, heard once per epoch (at most ~100 times a cycle, one sync
+    each): about five log lines, the progress bar and `report(step, steps, mean_loss, lr)`
+    (alseg.callbacks). A loss that is not finite stops the run (training diverged)."""
+
+    def __init__(self, steps: int, per_epoch: int, cycle: int, lr: float, report, device: torch.device) -> None:
+        self.steps, self.per_epoch, self.cycle, self.lr, self.report = steps, per_epoch, cycle, lr, report
+        self.every = max(per_epoch, steps // 100)
+        self.log_every = max(self.every, steps // 5)
+        self.progress = Progress(f"cycle {cycle} training", steps, "steps", every=None)  # a bar on a terminal
+        self.total, self.count, self.start = torch.zeros((), device=device), 0, time.perf_counter()
+
+    def add(self, step: int, loss: torch.Tensor, optimiser: torch.optim.Optimizer) -> None:
+        self.total, self.count = self.total + loss.detach(), self.count + 1
+        self.progress.tick()
+        if step % self.every and step != self.steps:
+            return
+        mean = distributed.mean(self.total).item() / self.count  # one sync per report, not per step
+        if not math.isfinite(mean):
+            raise AlsegError(f"training diverged in cycle {self.cycle}: the loss became {mean} by step {step} of "
+                             f"{self.steps}; lower train.lr (now {self.lr})")
+        if step % self.log_every < self.every or step == self.steps:
+            log.info("  step %d/%d (epoch %.1f)  loss %.3f  (%.1fs)", step, self.steps, step / self.per_epoch, mean,
+                     time.perf_counter() - self.start)
+        self.progress.show(loss=f"{mean:.3f}")
+        if self.report is not None:
+            self.report(step, self.steps, mean, optimiser.param_groups[0]["lr"])
+        self.total, self.count = torch.zeros_like(self.total), 0
+        if step == self.steps:
+            self.progress.close()
+
+
+def _labelled_images(revealed: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """Indices (a CPU tensor) of the images with any revealed class label."""
+    return torch.nonzero(torch.as_tensor((revealed < NO_LABEL).reshape(len(revealed), -1).any(1)).cpu()).flatten()
 
 
 class WeightAverage:
@@ -239,12 +260,23 @@ def make_schedule(optimiser: torch.optim.Optimizer, cfg, steps: int, per_epoch: 
 
 
 @torch.inference_mode()
-def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, num_classes: int, batch_size: int) -> np.ndarray:
-    """One confusion matrix [C, C] accumulated over the whole split."""
+def evaluate(model: torch.nn.Module, images: torch.Tensor | Streamed, labels: torch.Tensor | Streamed, num_classes: int,
+             batch_size: int, native: NativeLabels | None = None) -> np.ndarray:
+    """One confusion matrix [C, C] accumulated over the whole split: against `labels` at the
+    working size, or with `native` (dataset.eval_size=native) against each image's labels at
+    their original size, the logits upsampled (bilinear) to it."""
     model.eval()
-    cm = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=images.device)
-    for start in range(0, len(images), batch_size):
-        with autocast(images.device):
-            logits = model(to_input(images[start : start + batch_size]))
-        cm += confusion(logits.argmax(dim=1), labels[start : start + batch_size], num_classes)
+    device = images.device
+    cm = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+    slices = [slice(start, min(start + batch_size, len(images))) for start in range(0, len(images), batch_size)]
+    for batch, (x, y) in zip(slices, placement.batches([images, None if native else labels], slices)):
+        with autocast(device):
+            logits = model(to_input(x))
+        if native is None:
+            cm += confusion(logits.argmax(dim=1), y, num_classes)
+            continue
+        for i, scores in zip(range(batch.start, batch.stop), logits):
+            truth = upload(torch.from_numpy(native[i]), device)
+            pred = F.interpolate(scores[None].float(), size=truth.shape, mode="bilinear", align_corners=False)
+            cm += confusion(pred[0].argmax(dim=0), truth, num_classes)
     return cm.cpu().numpy()

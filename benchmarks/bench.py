@@ -2,7 +2,8 @@
 
 On real CamVid (../shared/data/camvid or --root): data loading from the cache vs decoding the
 PNGs; a training epoch through alseg vs bare forward+backward+step on tensors already in
-memory; scoring the pool (scores, region reduction, selection; top-k and power sampling) vs a bare forward pass over
+memory; the same epoch with the data streamed from the memory-mapped cache (placement=host)
+vs kept on the device, and the peak memory of both; scoring the pool (scores, region reduction, selection; top-k and power sampling) vs a bare forward pass over
 the same pool; SEEDS build time per image; memory of the labelled state for a
 Cityscapes-sized pool. Writes outputs/bench/bench.json and prints a table.
 """
@@ -24,6 +25,7 @@ from alseg import query, selection
 from alseg.data import decode_split, load_split
 from alseg.device import device_generator, resolve_device, tune_convolutions
 from alseg.model import autocast, build_model, to_input
+from alseg.placement import Placement, data_bytes
 from alseg.pool import Pool
 from alseg.regions import build_regions
 from alseg.strategies import build_strategy
@@ -101,6 +103,53 @@ def train_pair(cfg, model, images, labels, device):
     return alseg, bare
 
 
+def stream_pair(cfg, model, split, count: int, device):
+    """One training epoch on the first `count` images kept on the device (placement=device)
+    vs streamed from the memory-mapped cache (placement=host), the same batches."""
+    arrays = (split.images[:count], split.labels[:count])
+
+    def epoch(resident: bool):
+        sources = [Placement(device, resident).put(a) for a in arrays]
+        return lambda: train_cycle(model, *sources, cfg.train, torch.Generator().manual_seed(0))
+
+    return epoch(False), epoch(True)
+
+
+def peak_memory(cfg, model, split, count: int, device) -> dict:
+    """Peak memory of one epoch, data kept on the device vs streamed. On a GPU, measured:
+    torch.cuda.max_memory_allocated over the epoch (placing the data included) above what was
+    allocated before it. On the CPU, counted: the bytes of the data arrays held as tensors
+    (resident) vs of the two batches in flight (streamed); model and activations excluded."""
+    result = {}
+    for name, resident in (("resident", True), ("streamed", False)):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            base = torch.cuda.memory_allocated(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            stream_pair(cfg, model, split, count, device)[int(resident)]()
+            result[f"peak_memory_{name}_bytes"] = torch.cuda.max_memory_allocated(device) - base
+        else:
+            held = count if resident else 2 * min(count, int(cfg.train.batch_size))
+            result[f"peak_memory_{name}_bytes"] = data_bytes([split.images[:held], split.labels[:held]])
+    result["peak_memory_measure"] = ("cuda max_memory_allocated over one epoch, above the model" if device.type == "cuda"
+                                     else "cpu: bytes of images + labels held (all, or two batches), counted")
+    return result
+
+
+def bench_stream(cfg, model, split, count: int, device, rounds: int) -> dict:
+    """stream_epoch_ratio (interleaved rounds) and the peak memory of both placements."""
+    streamed, resident = stream_pair(cfg, model, split, count, device)
+    result = paired(("stream_epoch_s", "resident_epoch_s", "stream_epoch_ratio"), streamed, resident, rounds)
+    result.update(peak_memory(cfg, model, split, count, device))
+    print(f"stream_epoch_ratio: {result['stream_epoch_ratio']:.3f}", flush=True)
+    return result
+
+
+def make_model(cfg, device) -> torch.nn.Module:
+    model = build_model(cfg.model, 11).to(device)
+    return model.to(memory_format=torch.channels_last) if device.type == "cuda" else model
+
+
 def scoring_pair(cfg, strategy_overrides, model, images, labels, regions, device, budget):
     """alseg's scoring of the pool + selection, and a bare forward pass over the same pool."""
     strategy = build_strategy(compose_strategy(strategy_overrides))
@@ -171,6 +220,7 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="print the costliest operators of training and of each scoring")
     parser.add_argument("--cache-dir", default=os.environ.get("ALSEG_CACHE", str(Path.home() / ".cache/alseg")))
     parser.add_argument("--out", default=str(REPO / "outputs/bench/bench.json"))
+    parser.add_argument("--stream-only", action="store_true", help="measure only stream_epoch_ratio and peak memory")
     args = parser.parse_args()
     if not Path(args.root, "train").is_dir():
         raise SystemExit(f"error: no CamVid at {args.root}; pass --root PATH (the folder holding train/ and trainannot/)")
@@ -182,6 +232,11 @@ def main() -> None:
     result = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
               "cpu_count": os.cpu_count(), "torch": torch.__version__, "model": f"{cfg.model.arch}/{cfg.model.encoder}",
               "size": list(args.size), "batch_size": args.batch_size}
+    if args.stream_only:
+        train = load_split(cfg.dataset, "train")
+        count = args.images or len(train.images)
+        result.update(images=count, **bench_stream(cfg, make_model(cfg, device), train, count, device, args.rounds))
+        return write_result(result, Path(args.out))
     result.update(bench_data(cfg))
     print(f"data: {result['cache_vs_decode_ratio']:.3f}", flush=True)
     train = load_split(cfg.dataset, "train")
@@ -201,14 +256,13 @@ def main() -> None:
         print("SEEDS skipped: this OpenCV has no cv2.ximgproc (install opencv-contrib-python-headless)")
     pixels = build_regions(compose_cfg(args).region, train.images[:count], args.cache_dir, {})
 
-    model = build_model(cfg.model, 11).to(device)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+    model = make_model(cfg, device)
     alseg, bare = train_pair(cfg, model, images, labels, device)
     result.update(paired(("train_epoch_s", "train_floor_s", "train_epoch_ratio"), alseg, bare, args.rounds))
     print(f"train_epoch_ratio: {result['train_epoch_ratio']:.3f}", flush=True)
     if args.profile:
         profile(alseg, bare, device)
+    result.update(bench_stream(cfg, model, train, count, device, args.rounds))
     budget = 10 * count
     scorings = [("margin_pixel", ["strategy=margin"], pixels),
                 ("power_margin_pixel", ["strategy=margin", "strategy.sampling=power"], pixels)]
@@ -221,8 +275,11 @@ def main() -> None:
         if args.profile:
             profile(alseg, bare, device)
     result["state_bytes_per_pixel"] = state_bytes_per_pixel()
+    write_result(result, Path(args.out))
 
-    out = Path(args.out)
+
+def write_result(result: dict, out: Path) -> None:
+    """bench.json, and a table on stdout."""
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     width = max(map(len, result))

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU check (needs a CUDA machine): one short CamVid cycle through the CLI, then the
 # benchmarks on the whole CamVid train pool at 360x480, with the costliest operators of
-# each scoring, in a few minutes. Usage: benchmarks/gpu_check.sh [CAMVID_ROOT] [OUT_DIR]
+# each scoring (bench.json also holds stream_epoch_ratio, placement=host vs device, and the
+# peak GPU memory of both), in a few minutes. Usage: benchmarks/gpu_check.sh [CAMVID_ROOT] [OUT_DIR]
 set -euo pipefail
 ROOT=$(realpath "${1:-../shared/data/camvid}")
 OUT=$(realpath -m "${2:-outputs/gpu_check}")

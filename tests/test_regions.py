@@ -92,13 +92,11 @@ def test_box_and_image_regions(scenes, tmp_path):
 @pytest.mark.parametrize("name", ["box", "seeds"])
 def test_batch_maps_come_from_maps_kept_on_the_device(scenes, tmp_path, name):
     regions = build_regions(region_cfg(name), scenes[0], str(tmp_path), KEY)
-    batch = regions.batch_maps(slice(1, 3), torch.device("cpu"))
-    assert batch.dtype == torch.int64
-    assert torch.equal(batch, torch.from_numpy(np.asarray(regions.maps[1:3], np.int64)))
+    batch = regions.source(torch.device("cpu"))[1:3]
+    assert torch.equal(batch.long(), torch.from_numpy(np.asarray(regions.maps[1:3], np.int64)))
     kept = regions.device_maps
     assert kept.shape == regions.maps.shape
-    regions.batch_maps(slice(0, 2), torch.device("cpu"))
-    assert regions.device_maps is kept  # uploaded once, not per batch
+    assert regions.source(torch.device("cpu")) is kept  # uploaded once, not per batch
 
 
 def test_bad_region_values_are_user_errors(scenes, tmp_path):

@@ -30,7 +30,7 @@ import numpy as np
 
 from alseg.cache import cache_key, cached_memmaps
 from alseg.cpus import usable_cpus
-from alseg.data.base import IGNORE, SegDataset, Split
+from alseg.data.base import IGNORE, NativeLabels, SegDataset, Split
 from alseg.data.read import image_size, read_image, read_index_png
 from alseg.errors import AlsegError
 from alseg.progress import Progress
@@ -176,7 +176,9 @@ class DiskDataset:
         """The training pool and the evaluation split (`dataset.eval_split`), from the cache."""
         splits = ("train", self.eval_split(cfg))
         items = {split: self.list_items(cfg, split) for split in splits}  # the whole layout first, then decode
-        train, val = (load_split(self, cfg, split, items[split]) for split in splits)
+        train = load_split(self, cfg, "train", items["train"])
+        native = cfg.get("eval_size") == "native" and working_size(cfg) is not None  # else the labels are native
+        val = load_split(self, cfg, splits[1], items[splits[1]], native=native)
         return SegDataset(self.name, self.class_names, self.palette, train, val)
 
 
@@ -207,12 +209,14 @@ def _target_size(ds: DiskDataset, items: Sequence[Item], size: tuple[int, int] |
     return size
 
 
-def _decode_one(ds: DiskDataset, item: Item, size: tuple[int, int], resize: bool) -> tuple[np.ndarray, np.ndarray]:
+def _decode_one(ds: DiskDataset, item: Item, size: tuple[int, int], resize: bool) -> tuple[np.ndarray, ...]:
+    """The image and label at `size`, and the label at its original size."""
     image = read_image(item.image)
     label = ds.map_labels(ds.read_label(item.label), item.label)
     if image.shape[:2] != label.shape:
         raise AlsegError(f"image {item.image} is {image.shape[0]}x{image.shape[1]} but its label {item.label} is "
                          f"{label.shape[0]}x{label.shape[1]}")
+    native = label
     if image.shape[:2] != size:
         if not resize:
             raise AlsegError(f"image {item.image} is {image.shape[0]}x{image.shape[1]}, unlike the first image of its "
@@ -222,19 +226,25 @@ def _decode_one(ds: DiskDataset, item: Item, size: tuple[int, int], resize: bool
         # NEAREST_EXACT samples at pixel centres, so labels stay aligned with the area-resized
         # image (INTER_NEAREST takes each block's top-left pixel: a shift of half a block)
         label = cv2.resize(label, (w, h), interpolation=cv2.INTER_NEAREST_EXACT)
-    return image, label
+    return image, label, native
 
 
 def _decode_into(ds: DiskDataset, items: Sequence[Item], size: tuple[int, int], resize: bool,
-                 images: np.ndarray, labels: np.ndarray, what: str) -> None:
-    """Decode `items` into images[i], labels[i] with one thread per usable core, logging progress."""
+                 images: np.ndarray, labels: np.ndarray, what: str, native: NativeLabels | None = None) -> None:
+    """Decode `items` into images[i], labels[i] (and, given `native`, the original-size labels
+    into its flat array) with one thread per usable core, logging progress."""
     n, start, done = len(items), time.perf_counter(), 0
     step = max(1, n // 10)
     threads = usable_cpus()
     log.info("decoding %s: %d images to %dx%d with %d threads ...", what, n, *size, threads)
 
     def work(i: int) -> None:
-        images[i], labels[i] = _decode_one(ds, items[i], size, resize)
+        images[i], labels[i], label = _decode_one(ds, items[i], size, resize)
+        if native is not None:
+            if label.shape != tuple(native.shapes[i]):
+                raise AlsegError(f"label {items[i].label} is {label.shape[0]}x{label.shape[1]} but its image "
+                                 f"{items[i].image} is {native.shapes[i][0]}x{native.shapes[i][1]}")
+            native.flat[native.starts[i] : native.starts[i + 1]] = label.ravel()
 
     with Progress(f"decoding {what}", n, every=None) as progress, ThreadPoolExecutor(threads) as pool:
         futures = [pool.submit(work, i) for i in range(n)]
@@ -268,31 +278,41 @@ def _file_stamp(path: Path) -> tuple[int, int]:
     return stat.st_size, stat.st_mtime_ns
 
 
-def split_cache_name(ds: DiskDataset, cfg, split: str, items: Sequence[Item], target: tuple[int, int]) -> str:
+def split_cache_name(ds: DiskDataset, cfg, split: str, items: Sequence[Item], target: tuple[int, int],
+                     native: bool = False) -> str:
     """File name stem of a split's cache entry: a readable prefix plus a hash of all it depends on
     (dataset, split, size, root, options, and every file's name, size and modification time, so
-    an edited or replaced file is decoded anew)."""
+    an edited or replaced file is decoded anew). An entry that also holds the labels at their
+    original size (`native`) has a key of its own; the others keep theirs."""
     root = ds.root(cfg)
     files = [(str(it.image.relative_to(root)), _file_stamp(it.image), str(it.label.relative_to(root)),
               _file_stamp(it.label)) for it in items]
     key = cache_key(version=CACHE_VERSION, dataset=ds.name, split=split, size=list(target),
                     native=cfg.get("size") is None, root=str(root), options=ds.key_options(cfg, split),
-                    files=cache_key(files=files))
-    return f"data/{ds.name}-{split}-{target[0]}x{target[1]}-{key}"
+                    files=cache_key(files=files), **({"native_labels": True} if native else {}))
+    return f"data/{ds.name}-{split}-{target[0]}x{target[1]}{'-native' if native else ''}-{key}"
 
 
-def load_split(ds: DiskDataset, cfg, split: str, items: Sequence[Item] | None = None) -> Split:
-    """`split` at the working size, decoded once into the cache and memory-mapped afterwards."""
+def load_split(ds: DiskDataset, cfg, split: str, items: Sequence[Item] | None = None, native: bool = False) -> Split:
+    """`split` at the working size, decoded once into the cache and memory-mapped afterwards;
+    with `native`, also its labels at their original size (`Split.native`)."""
     items = ds.list_items(cfg, split) if items is None else items
     size = working_size(cfg)
     target = _target_size(ds, items, size, split)
     n = len(items)
+    specs = {"images": ((n, *target, 3), np.uint8), "labels": ((n, *target), np.uint8)}
+    if native:
+        shapes = np.array([image_size(it.image) for it in items], np.int64).reshape(n, 2)
+        specs.update(native=((int(shapes.prod(axis=1).sum()),), np.uint8), shapes=((n, 2), np.int64))
 
     def fill(arrays: dict[str, np.ndarray]) -> None:
-        _decode_into(ds, items, target, size is not None, arrays["images"], arrays["labels"], f"{ds.name} {split}")
+        into = None
+        if native:
+            arrays["shapes"][:] = shapes
+            into = NativeLabels(arrays["native"], shapes)
+        _decode_into(ds, items, target, size is not None, arrays["images"], arrays["labels"], f"{ds.name} {split}", into)
 
     cache_dir = Path(str(cfg.cache_dir)).expanduser()
-    arrays = cached_memmaps(cache_dir, split_cache_name(ds, cfg, split, items, target),
-                            {"images": ((n, *target, 3), np.uint8), "labels": ((n, *target), np.uint8)},
-                            fill, mmap_mode="c")
-    return Split(arrays["images"], arrays["labels"])
+    arrays = cached_memmaps(cache_dir, split_cache_name(ds, cfg, split, items, target, native), specs, fill, mmap_mode="c")
+    return Split(arrays["images"], arrays["labels"],
+                 NativeLabels(arrays["native"], np.array(arrays["shapes"])) if native else None)

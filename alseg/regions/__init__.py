@@ -10,6 +10,7 @@ import torch
 
 from alseg.cache import cache_key
 from alseg.errors import AlsegError
+from alseg.placement import Streamed
 
 
 @dataclass
@@ -33,20 +34,29 @@ class Regions:
     def max_regions(self) -> int:
         return int(self.counts.max())
 
-    def batch_maps(self, batch: slice | torch.Tensor, device: torch.device) -> torch.Tensor | None:
-        """Region maps of the images in `batch` (a slice or an index tensor) as an int64 tensor
-        on `device` (None for pixels). All maps go to the device on the first call and stay
-        there (a view on the CPU; a map shared by every image stays one map), so no batch waits
-        for a host copy."""
+    def source(self, device: torch.device, stream: bool = False) -> "torch.Tensor | Streamed | None":
+        """The region maps as a batch source (alseg.placement.batches): None for pixels; with
+        `stream`, read from host memory batch by batch; otherwise on `device`, all maps sent
+        there on the first call and kept (a view on the CPU). A map shared by every image (box,
+        image) is always one map on the device."""
         if self.maps is None:
             return None
-        if self.device_maps is None:
-            if self.maps.strides[0] == 0:  # box and image regions: one map broadcast to all images
+        shared = self.maps.strides[0] == 0
+        if stream and not shared:
+            return Streamed(self.maps, device)
+        if self.device_maps is None or self.device_maps.device != torch.device(device):
+            if shared:
                 one = torch.from_numpy(np.array(self.maps[0])).to(device)
                 self.device_maps = one.expand(len(self.maps), -1, -1)
             else:
                 self.device_maps = torch.from_numpy(self.maps).to(device)
-        return self.device_maps[batch].to(device, torch.int64)
+        return self.device_maps
+
+    def batch_maps(self, index: slice | torch.Tensor, device: torch.device, stream: bool = False) -> torch.Tensor | None:
+        """The region maps of the images `index` as an int64 tensor on `device` (None for
+        pixels), from `source` (read from host memory now when `stream`)."""
+        maps = self.source(device, stream)
+        return None if maps is None else maps[index].to(device, torch.int64)
 
     def refresh(self, model: torch.nn.Module, images: torch.Tensor, revealed: torch.Tensor, batch_size: int) -> None:
         """Called before each query after cycle 0 with the current model: regions that follow

@@ -115,6 +115,18 @@ class _MergedMaps:
         return self.regions.dense_ids[i].cpu().numpy()[np.asarray(self.regions.base.maps[i]).astype(np.int64)]
 
 
+class _MergedSource:
+    """Merged region ids per batch: the dense ids of each base superpixel looked up in the base maps."""
+
+    def __init__(self, dense_ids: torch.Tensor, base, device: torch.device) -> None:
+        self.dense_ids, self.base, self.device = dense_ids, base, device
+
+    def __getitem__(self, index: slice | torch.Tensor) -> torch.Tensor:
+        base = self.base[index].to(self.device, torch.int64)
+        where = index.to(self.dense_ids.device) if isinstance(index, torch.Tensor) else index
+        return torch.gather(self.dense_ids[where].to(self.device), 1, base.flatten(1)).view_as(base)
+
+
 @dataclass
 class AdaptiveRegions(Regions):
     """Regions made of base superpixels, merged again before each query (`refresh`)."""
@@ -131,11 +143,10 @@ class AdaptiveRegions(Regions):
         self.dense_ids, counts = dense(lut, torch.as_tensor(self.base.counts, device=lut.device))
         self.counts = counts.cpu().numpy()
 
-    def batch_maps(self, batch: slice | torch.Tensor, device: torch.device) -> torch.Tensor:
-        """This cycle's merged ids of the images in `batch`, on `device`, from the base maps."""
-        base = self.base.batch_maps(batch, device)
-        ids = self.dense_ids[batch].to(device)
-        return torch.gather(ids, 1, base.flatten(1)).view_as(base)
+    def source(self, device: torch.device, stream: bool = False) -> "_MergedSource":
+        """This cycle's merged maps as a batch source (alseg.placement.batches): indexed by a
+        batch, its merged ids on `device`, made from the base maps (resident or streamed)."""
+        return _MergedSource(self.dense_ids, self.base.source(device, stream), torch.device(device))
 
     @torch.inference_mode()
     def refresh(self, model: torch.nn.Module, images: torch.Tensor, revealed: torch.Tensor, batch_size: int) -> None:
