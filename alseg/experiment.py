@@ -186,7 +186,7 @@ def _setup(cfg: DictConfig, files: RunFiles | None, rows: list[dict], hooks: Cal
         _check_member(model, cfg, strategy, c, (h, w), device)
     splits = {"train": data.train, "val": data.val}
     arrays = {f"{split}_{kind}": getattr(d, kind) for split, d in splits.items() for kind in ("images", "labels")}
-    needed = data_bytes([*arrays.values(), data.train.labels, regions.maps])  # + the revealed map, as large as the labels
+    needed = data_bytes([*arrays.values(), data.train.labels, regions.stored_maps])  # + the revealed map, as large as the labels
     where = choose_placement(cfg.placement, float(cfg.placement_fraction), needed, device)
     tensors = {name: where.put(array) for name, array in arrays.items()}
     costs = oracle.costs()

@@ -105,63 +105,45 @@ def _passes(models: list[torch.nn.Module], x: torch.Tensor, strategy: Strategy, 
 
 
 @torch.inference_mode()
-def score_pool(
-    strategy: Strategy,
-    models: list[torch.nn.Module],
-    images: torch.Tensor | Streamed,
-    labels: torch.Tensor | Streamed,
-    revealed: torch.Tensor | Streamed,
-    regions: Regions,
-    generator: torch.Generator,
-    batch_size: int,
-    num_classes: int,
-    rows: slice | None = None,
-) -> PoolScores:
+def score_pool(strategy: Strategy, models: list[torch.nn.Module], images: torch.Tensor | Streamed,
+               labels: torch.Tensor | Streamed, revealed: torch.Tensor | Streamed, regions: Regions,
+               generator: torch.Generator, batch_size: int, num_classes: int, rows: slice | None = None) -> PoolScores:
     """Score every region of the pool. `models=[]` draws random region scores; several models
     form a committee. The strategy's config says how pixel scores become region scores
     (`aggregate`), whether void pixels may be asked (`exclude_void`), whether the regions'
-    majority predicted classes are kept (`class_balance`) and, with an embedding strategy, how
-    many candidates are kept (for pixels: the `pixel_candidates` best-scoring askable pixels
-    of each image, ties at random). `images`, `labels` and `revealed` [N, H, W] (uint8) are
-    on the device, or all `Streamed` from host memory (alseg.placement; the region maps then
-    stream too), read one batch ahead. Random draws (and MC dropout's) come from generators
-    seeded per batch from one draw of `generator`, so that a batch scores alike whichever
-    process scores it: `rows` (whole batches, see alseg.distributed.shard) scores only those
-    images, and the result holds their rows. A NaN or +inf score (a diverged model) is an
-    error, never a rank."""
+    majority predicted classes are kept (`class_balance`) and how many candidates an embedding
+    strategy keeps (for pixels: the `pixel_candidates` best askable pixels per image). Arrays
+    are on the device or all `Streamed` (alseg.placement, read one batch ahead). Random draws
+    (MC dropout's too) are seeded per batch from one draw of `generator`, so a batch scores
+    alike in whichever process: `rows` (whole batches, alseg.distributed.shard) scores those
+    images only. A NaN or +inf score (a diverged model) is an error, never a rank."""
     s = strategy.cfg
     device = images.device
     seed = int(torch.randint(2**62, (1,), generator=generator))
     n, r = len(images), regions.max_regions
     rows = rows or slice(0, n)
-    out = PoolScores(torch.empty(rows.stop - rows.start, r, device=device))
-    if models and s.get("class_balance"):
-        out.classes = torch.empty(rows.stop - rows.start, r, dtype=torch.int64, device=device)
+    m = rows.stop - rows.start
+    out = PoolScores(torch.empty(m, r, device=device),
+                     torch.empty(m, r, dtype=torch.int64, device=device) if models and s.get("class_balance") else None)
     counts = torch.as_tensor(regions.counts, device=device)
     keep_embeddings = strategy.uses_embeddings and bool(models)
     if keep_embeddings:
-        if not is_split(models[0]):
-            raise AlsegError(f"{s.name} needs embeddings: {type(models[0]).__name__} must have features(x) and head(features, size)")
-        cand_width, lab_width = _embedding_widths(regions, revealed, int(s.get("pixel_candidates", 1024)))
+        cand_width, lab_width = _embedding_widths(models[0], strategy, regions, revealed)
     broken = torch.zeros((), dtype=torch.bool, device=device)
-    progress = Progress("scoring the pool", rows.stop - rows.start, every=None)  # a bar on a terminal (no sync)
+    progress = Progress("scoring the pool", m, every=None)  # a bar on a terminal (no sync)
     slices = [slice(start, min(start + batch_size, n)) for start in range(rows.start, rows.stop, batch_size)]
     sources = [images, labels, revealed, regions.source(device, is_streamed(images))]
     for batch, (batch_images, batch_labels, batch_revealed, maps) in zip(slices, batches(sources, slices)):
         here = slice(batch.start - rows.start, batch.stop - rows.start)
         draws = torch.Generator(device=device).manual_seed(seed + batch.start)
         maps = None if maps is None else maps.to(torch.int64)
-        asked_regions = _to_regions((batch_revealed != NOT_ASKED).to(torch.float32), maps, r, "amax") > 0
-        blocked = asked_regions | (torch.arange(r, device=device) >= counts[batch, None])  # asked, or padding
-        if maps is None and s.get("exclude_void", True):
-            blocked |= batch_labels.flatten(1) == IGNORE
+        asked_regions, blocked = _blocked(batch_revealed, batch_labels, maps, counts[batch], r, s.get("exclude_void", True))
+        keep: dict = {}
         if not models:
             batch_scores = torch.rand(len(blocked), r, generator=draws, device=device)
         else:
-            keep: dict = {}
-            x = to_input(batch_images)
             with autocast(device), _seeded(device, seed + batch.start):
-                pixel = strategy.score_passes(_passes(models, x, strategy, keep))
+                pixel = strategy.score_passes(_passes(models, to_input(batch_images), strategy, keep))
             batch_scores = _to_regions(pixel.float(), maps, r, _REDUCE[s.get("aggregate", "mean")])
             if out.classes is not None:
                 out.classes[here] = _majority(keep["sum"].argmax(dim=1), maps, r, num_classes)
@@ -179,6 +161,17 @@ def score_pool(
     return out
 
 
+def _blocked(revealed: torch.Tensor, labels: torch.Tensor, maps: torch.Tensor | None, counts: torch.Tensor, r: int,
+             exclude_void: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch's asked regions [B, R], and those that cannot be asked: asked, padding past each
+    image's count, and (pixel regions, `exclude_void`) void pixels."""
+    asked = _to_regions((revealed != NOT_ASKED).to(torch.float32), maps, r, "amax") > 0
+    blocked = asked | (torch.arange(r, device=asked.device) >= counts[:, None])
+    if maps is None and exclude_void:
+        blocked |= labels.flatten(1) == IGNORE
+    return asked, blocked
+
+
 @contextmanager
 def _seeded(device: torch.device, seed: int) -> Iterator[None]:
     """Torch's global random draws (MC dropout) from `seed`; the run's own stream goes on after
@@ -188,14 +181,19 @@ def _seeded(device: torch.device, seed: int) -> Iterator[None]:
         yield
 
 
-def _embedding_widths(regions: Regions, revealed: torch.Tensor | Streamed, pixel_candidates: int) -> tuple[int, int]:
+def _embedding_widths(model: torch.nn.Module, strategy: Strategy, regions: Regions,
+                      revealed: torch.Tensor | Streamed) -> tuple[int, int]:
     """Candidates and asked regions kept per image: every region, or for pixel regions the
-    `pixel_candidates` best and room for the most pixels asked in one image."""
+    `strategy.pixel_candidates` best and room for the most pixels asked in one image."""
+    if not is_split(model):
+        raise AlsegError(f"{strategy.cfg.name} needs embeddings: {type(model).__name__} must have features(x) "
+                         "and head(features, size)")
     r = regions.max_regions
     if regions.maps is not None:
         return r, r
     asked = host_view(revealed)
-    return min(r, pixel_candidates), int((asked.reshape(len(asked), -1) != NOT_ASKED).sum(1).max())
+    candidates = int(strategy.cfg.get("pixel_candidates", 1024))
+    return min(r, candidates), int((asked.reshape(len(asked), -1) != NOT_ASKED).sum(1).max())
 
 
 def _keep_embeddings(out: PoolScores, batch: slice, embed, keys, asked, n, cand_width, lab_width) -> None:

@@ -14,8 +14,8 @@ export OMP_NUM_THREADS=1
 COMMON=(experiment=cpu_camvid "dataset.root=$ROOT" save_model=never overlay_images=2
         hydra/launcher=joblib "hydra.launcher.n_jobs=$JOBS" "seed=$SEEDS")
 # SEEDS superpixels with dominant labels, bought in clicks (Cai et al.'s setting, scaled down)
-SUPERPIXELS=(region=seeds region.num_superpixels=150 budget=clicks budget.initial=2000
-             budget.per_cycle=2000 strategy=margin)
+SUPERPIXELS=(region.num_superpixels=150 budget=clicks budget.initial=2000 budget.per_cycle=2000
+             strategy=margin)
 
 sweep() {  # sweep NAME overrides...
     local name=$1; shift
@@ -29,7 +29,7 @@ if [[ $PART == pixels || $PART == all ]]; then
     sweep pixels_pseudo strategy=random,margin train.semi=pseudo_label
 fi
 if [[ $PART == superpixels || $PART == all ]]; then
-    sweep seeds_dominant "${SUPERPIXELS[@]}" annotation=dominant
-    sweep seeds_multiclass "${SUPERPIXELS[@]}" annotation=multiclass
-    sweep seeds_adaptive "${SUPERPIXELS[@]}" annotation=dominant region=adaptive annotation.sieve=true
+    sweep seeds_dominant region=seeds "${SUPERPIXELS[@]}" annotation=dominant
+    sweep seeds_multiclass region=seeds "${SUPERPIXELS[@]}" annotation=multiclass
+    sweep seeds_adaptive region=adaptive "${SUPERPIXELS[@]}" annotation=dominant annotation.sieve=true
 fi

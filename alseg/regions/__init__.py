@@ -34,6 +34,11 @@ class Regions:
     def max_regions(self) -> int:
         return int(self.counts.max())
 
+    @property
+    def stored_maps(self) -> np.ndarray | None:
+        """The map array these regions place on the device or stream (see `source`)."""
+        return self.maps
+
     def source(self, device: torch.device, stream: bool = False) -> "torch.Tensor | Streamed | None":
         """The region maps as a batch source (alseg.placement.batches): None for pixels; with
         `stream`, read from host memory batch by batch; otherwise on `device`, all maps sent

@@ -143,6 +143,10 @@ class AdaptiveRegions(Regions):
         self.dense_ids, counts = dense(lut, torch.as_tensor(self.base.counts, device=lut.device))
         self.counts = counts.cpu().numpy()
 
+    @property
+    def stored_maps(self) -> np.ndarray | None:
+        return self.base.stored_maps
+
     def source(self, device: torch.device, stream: bool = False) -> "_MergedSource":
         """This cycle's merged maps as a batch source (alseg.placement.batches): indexed by a
         batch, its merged ids on `device`, made from the base maps (resident or streamed)."""
