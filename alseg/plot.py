@@ -137,7 +137,7 @@ def cycle_cells(al: pd.DataFrame, x: str) -> pd.DataFrame:
         stats["column"] = [f"miou@{x_text(v)}" for v in stats["x"]]
     else:
         stats["column"] = [f"cycle_{c}" for c in stats["cycle"]]
-        stats["cell"] = [f"{cell} @ {v:.4g}" for cell, v in zip(stats["cell"], stats["x"])]
+        stats["cell"] = [f"{cell} @ {x_text(v)}" for cell, v in zip(stats["cell"], stats["x"])]
     columns = list(dict.fromkeys(stats.sort_values("cycle")["column"]))
     return stats.pivot(index="group", columns="column", values="cell")[columns].fillna("")
 

@@ -264,6 +264,14 @@ def test_main_cycle_columns_when_x_differs(tmp_path):
     assert table["cycle_1"].iloc[0] == "60.0 ± 0.0 @ 0.025"
 
 
+def test_cycle_cells_write_large_budgets_in_full(tmp_path):
+    make_run(tmp_path, "s0", seed=0, clicks=(2000, 4001, 10004))
+    make_run(tmp_path, "s1", seed=1, clicks=(2000, 4003, 10006))
+    assert plot.main([str(tmp_path)]) == 0
+    table = pd.read_csv(tmp_path / "table.csv")
+    assert table["cycle_2"].iloc[0] == "80.0 ± 0.0 @ 10005"  # not 1e+04
+
+
 def test_main_group_by(tmp_path):
     make_run(tmp_path, "a", strategy="margin", class_balance=True)
     make_run(tmp_path, "b", strategy="margin", class_balance=False)
@@ -310,7 +318,7 @@ def test_incomplete_runs_left_out_unless_asked(tmp_path, capsys):
     assert plot.main([str(tmp_path), "--out", str(out), "--include-incomplete"]) == 0
     table = pd.read_csv(out / "table.csv", dtype=str)
     assert table["n"].tolist() == ["3"]
-    assert table["miou@100"].tolist() == [f"52.0 ± 2.0"]  # all three runs: no n in the cell
+    assert table["miou@100"].tolist() == ["52.0 ± 2.0"]  # all three runs: no n in the cell
     assert table["miou@200"].tolist() == [f"61.0 ± {math.sqrt(2):.1f} (n=2)"]
 
 
