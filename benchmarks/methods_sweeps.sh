@@ -12,7 +12,7 @@ ALSEG=${ALSEG:-alseg}
 JOBS=${JOBS:-2}
 export OMP_NUM_THREADS=1
 COMMON=(experiment=cpu_camvid "dataset.root=$ROOT" save_model=never overlay_images=2
-        hydra/launcher=joblib "hydra.launcher.n_jobs=$JOBS" "seed=$SEEDS")
+        hydra/launcher=joblib "hydra.launcher.n_jobs=$JOBS")
 # SEEDS superpixels with dominant labels, bought in clicks (Cai et al.'s setting, scaled down)
 SUPERPIXELS=(region.num_superpixels=150 budget=clicks budget.initial=2000 budget.per_cycle=2000
              strategy=margin)
@@ -25,11 +25,12 @@ sweep() {  # sweep NAME overrides...
 
 mkdir -p "$OUT"
 if [[ $PART == pixels || $PART == all ]]; then
-    sweep pixels strategy=random,margin,entropy,ripu
-    sweep pixels_pseudo strategy=random,margin train.semi=pseudo_label
+    sweep pixels "seed=$SEEDS" strategy=random,margin,entropy,ripu
+    sweep pixels_pseudo "seed=$SEEDS" strategy=random,margin train.semi=pseudo_label
+    sweep pixels_seed2 seed=2 strategy=entropy,ripu  # RIPU vs entropy with 3 seeds
 fi
 if [[ $PART == superpixels || $PART == all ]]; then
-    sweep seeds_dominant region=seeds "${SUPERPIXELS[@]}" annotation=dominant
-    sweep seeds_multiclass region=seeds "${SUPERPIXELS[@]}" annotation=multiclass
-    sweep seeds_adaptive region=adaptive "${SUPERPIXELS[@]}" annotation=dominant annotation.sieve=true
+    sweep seeds_dominant "seed=$SEEDS" region=seeds "${SUPERPIXELS[@]}" annotation=dominant
+    sweep seeds_multiclass "seed=$SEEDS" region=seeds "${SUPERPIXELS[@]}" annotation=multiclass
+    sweep seeds_adaptive "seed=$SEEDS" region=adaptive "${SUPERPIXELS[@]}" annotation=dominant annotation.sieve=true
 fi
