@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 
 import numpy as np
 import pandas as pd
@@ -12,7 +11,6 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from alseg.callbacks import Callback
 from alseg.errors import AlsegError
 from alseg.experiment import run
 from alseg.pool import NO_LABEL, NOT_ASKED, load_selections
@@ -20,6 +18,8 @@ from alseg.data import synthetic
 from alseg.regions import Regions, build_regions
 from alseg.regions.adaptive import adjacent_pairs, base_config, dense, js_distance, merged_lut, region_means
 from alseg.sieve import knee_keep, sieve
+
+from test_rundir import interrupted_run
 
 # Three base superpixels in a row: 0 | 1 | 2 (0 and 2 do not touch).
 ROW = np.array([[[0, 0, 1, 1, 2, 2]] * 2])
@@ -172,22 +172,10 @@ def test_adaptive_merges_and_a_merged_region_costs_one_click(make_cfg, tmp_path)
     assert (asked == (revealed != NOT_ASKED)).all() and asked.sum() > 2 * asked.size / (12 * 24)
 
 
-class StopAfterCycle(Callback):
-    """Interrupts the run after the cycle that ALSEG_TEST_STOP_AFTER names (as Ctrl-C would)."""
-
-    def on_cycle_end(self, run, cycle, row, rows):
-        if os.environ.get("ALSEG_TEST_STOP_AFTER") == str(cycle):
-            raise KeyboardInterrupt
-
-
-def test_adaptive_resume_gives_the_uninterrupted_run(make_cfg, tmp_path, monkeypatch):
-    overrides = [*ADAPTIVE, "budget=clicks", "budget.cycles=3",
-                 "callbacks=[test_adaptive.StopAfterCycle]"]
+def test_adaptive_resume_gives_the_uninterrupted_run(make_cfg, tmp_path):
+    overrides = [*ADAPTIVE, "budget=clicks", "budget.cycles=3"]
     run(make_cfg(*overrides), tmp_path / "whole")
-    monkeypatch.setenv("ALSEG_TEST_STOP_AFTER", "2")
-    with pytest.raises(KeyboardInterrupt):
-        run(make_cfg(*overrides), tmp_path / "stopped")
-    monkeypatch.delenv("ALSEG_TEST_STOP_AFTER")
+    interrupted_run(make_cfg(*overrides), tmp_path / "stopped", after_cycle=1)
     # stopped in cycle 2: the resume starts from cycle 1's state, whose regions are merged ones
     lut = np.load(tmp_path / "stopped" / "state" / "regions" / "cycle_01.npy")
     assert not (lut == np.arange(lut.shape[1])).all()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 
 import numpy as np
 import pandas as pd
@@ -12,7 +11,6 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from alseg.callbacks import Callback
 from alseg.errors import AlsegError
 from alseg.experiment import run
 from alseg.oracle import Oracle, _noisy_sets
@@ -21,18 +19,8 @@ from alseg.regions import Regions
 from alseg.prototypes import localise
 from alseg.train import merged_positive_loss
 
-TRUTH = np.array([[
-    [0, 0, 1, 2],
-    [0, 1, 1, 2],
-    [255, 255, 255, 2],
-    [255, 255, 0, 2],
-]], np.uint8)
-MAPS = np.array([[
-    [0, 0, 1, 1],
-    [0, 0, 1, 1],
-    [2, 2, 3, 3],
-    [2, 2, 3, 3],
-]])
+from test_rundir import interrupted_run
+from test_oracle import MAPS, TRUTH  # the 4x4 scene of two-by-two boxes with void, by hand
 
 
 def oracle(noise=0.0, maps=MAPS, click_per_class=1, truth=TRUTH, num_classes=3, seed=0):
@@ -174,14 +162,6 @@ def test_a_full_table_of_sets_ends_in_one_clear_error():
         pool.reveal_sets(0, (np.zeros(NO_LABEL, np.int64), np.arange(NO_LABEL)), named, np.arange(NO_LABEL))
 
 
-class StopAfterCycle(Callback):
-    """Interrupts the run after the cycle that ALSEG_TEST_STOP_AFTER names (as Ctrl-C would)."""
-
-    def on_cycle_end(self, run, cycle, row, rows):
-        if os.environ.get("ALSEG_TEST_STOP_AFTER") == str(cycle):
-            raise KeyboardInterrupt
-
-
 def test_box_regions_with_a_click_budget(make_cfg, tmp_path):
     cfg = make_cfg("annotation=multiclass", "region=box", "region.size=8", "budget=clicks", "budget.initial=30",
                    "budget.per_cycle=20", "budget.cycles=1", "train.epochs=1", "strategy=entropy")
@@ -195,15 +175,11 @@ def test_box_regions_with_a_click_budget(make_cfg, tmp_path):
     assert (tmp_path / "run" / "state" / "cycle_01" / "label_sets.npy").exists()
 
 
-def test_seeds_per_image_stopped_and_resumed_gives_the_uninterrupted_run(make_cfg, tmp_path, monkeypatch):
+def test_seeds_per_image_stopped_and_resumed_gives_the_uninterrupted_run(make_cfg, tmp_path):
     overrides = ["annotation=multiclass", "annotation.noise=0.3", "region=seeds", "region.num_superpixels=30",
-                 "budget.initial=2", "budget.per_cycle=2", "budget.cycles=1", "train.epochs=1", "strategy=margin",
-                 "callbacks=[test_multiclass.StopAfterCycle]"]
+                 "budget.initial=2", "budget.per_cycle=2", "budget.cycles=1", "train.epochs=1", "strategy=margin"]
     run(make_cfg(*overrides), tmp_path / "whole")
-    monkeypatch.setenv("ALSEG_TEST_STOP_AFTER", "1")
-    with pytest.raises(KeyboardInterrupt):
-        run(make_cfg(*overrides), tmp_path / "stopped")
-    monkeypatch.delenv("ALSEG_TEST_STOP_AFTER")
+    interrupted_run(make_cfg(*overrides), tmp_path / "stopped", after_cycle=0)
     # cycle 1 redone from cycle 0's state, multi-class sets included
     assert (tmp_path / "stopped" / "state" / "cycle_00" / "label_sets.npy").exists()
     run(make_cfg(*overrides, "resume=true"), tmp_path / "stopped")
