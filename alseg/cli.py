@@ -19,7 +19,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from alseg.errors import AlsegError, Interrupted, Refused
+from alseg.errors import AlsegError, Refused, clear_interrupted, interrupt
 
 log = logging.getLogger("alseg")
 CONFIG_PATH = "pkg://alseg.conf"
@@ -88,6 +88,7 @@ def _run_app(cfg: DictConfig) -> None:
             _write_error(out, str(exc))
             _report(exc)
         except KeyboardInterrupt as exc:  # SIGINT, or SIGTERM through _signals_interrupt
+            clear_interrupted()
             _interrupted = getattr(exc, "signum", signal.SIGINT)
             message = f"interrupted by {signal.Signals(_interrupted).name}: {out} keeps its complete cycles; continue with resume=true"
             if held_log.released:  # not when it came before the folder was the run's
@@ -113,12 +114,12 @@ def _signals_interrupt() -> Iterator[None]:
         return
     watched = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is not signal.SIG_IGN]
 
-    def interrupt(signum: int, frame) -> None:
+    def stop(signum: int, frame) -> None:
         for s in watched:
             signal.signal(s, signal.SIG_IGN)
-        raise Interrupted(signum)
+        interrupt(signum)
 
-    previous = {s: signal.signal(s, interrupt) for s in watched}
+    previous = {s: signal.signal(s, stop) for s in watched}
     try:
         yield
     finally:

@@ -27,3 +27,28 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
+
+
+_pending: int | None = None  # a signal that asked the run to stop, until the run has stopped
+
+
+def interrupt(signum: int) -> None:
+    """Stop the run for `signum`: raise Interrupted now, and remember it for `check_interrupted`."""
+    global _pending
+    _pending = signum
+    raise Interrupted(signum)
+
+
+def check_interrupted() -> None:
+    """Raise Interrupted again if a signal asked the run to stop and the run went on: Python
+    swallows an exception raised in a finaliser (a generator or object closed by the garbage
+    collector), so a signal landing there would otherwise be lost. The loop calls this at each
+    cycle and training report."""
+    if _pending is not None:
+        raise Interrupted(_pending)
+
+
+def clear_interrupted() -> None:
+    """The run has stopped for its signal."""
+    global _pending
+    _pending = None

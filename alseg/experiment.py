@@ -22,7 +22,7 @@ from alseg.callbacks import Callbacks, RunInfo, user_callbacks
 from alseg.config import check_config
 from alseg.data import load_dataset
 from alseg.device import device_generator, tune_convolutions
-from alseg.errors import AlsegError, Refused
+from alseg.errors import AlsegError, Refused, check_interrupted
 from alseg.loggers import build_loggers
 from alseg.metrics import iou_per_class, miou, pixel_accuracy
 from alseg.model import build_model, check_model
@@ -123,6 +123,7 @@ def _run(cfg: DictConfig, files: RunFiles, rows: list[dict], start_cycle: int, h
     hooks.on_run_start(loop.run, start_cycle)
     exhausted = None
     for cycle in range(start_cycle, cycles + 1):
+        check_interrupted()
         chosen, query_s = _ask(loop, cycle)
         if chosen is None:
             exhausted = f"the pool has no askable region left before cycle {cycle}; stopped after {cycle} cycles"

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from alseg.data.base import IGNORE, NativeLabels
 from alseg import distributed, placement
 from alseg.device import upload
-from alseg.errors import AlsegError
+from alseg.errors import AlsegError, check_interrupted
 from alseg.metrics import confusion
 from alseg.augment import augment
 from alseg.model import autocast, normalise, to_input
@@ -104,6 +104,7 @@ class _Reports:
         self.progress.tick()
         if step % self.every and step != self.steps:
             return
+        check_interrupted()
         mean = distributed.mean(self.total).item() / self.count  # one sync per report, not per step
         if not math.isfinite(mean):
             raise AlsegError(f"training diverged in cycle {self.cycle}: the loss became {mean} by step {step} of "

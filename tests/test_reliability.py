@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from alseg.errors import AlsegError
+from alseg.errors import AlsegError, Interrupted, check_interrupted, clear_interrupted, interrupt
 from alseg.experiment import run
 from conftest import TINY
 
@@ -55,6 +55,26 @@ def test_a_signal_mid_run_then_resume_gives_the_uninterrupted_metrics(tmp_path, 
     assert alseg_run(tmp_path, "stopped", "resume=true").wait(timeout=600) == 0
     pd.testing.assert_frame_equal(whole, pd.read_csv(metrics).drop(columns=TIMING))
     assert json.loads((tmp_path / "stopped" / "summary.json").read_text())["status"] == "completed"
+
+
+class Finalised:
+    """An object whose finaliser takes a signal: Python prints and swallows what it raises."""
+
+    def __del__(self):
+        interrupt(signal.SIGINT)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the swallowed exception
+def test_a_signal_swallowed_by_a_finaliser_still_stops_the_run(tmp_path):
+    from test_rundir import SMALL, compose_cfg
+    Finalised()  # collected at once: the signal's exception is lost, as when it lands in a closing generator
+    try:
+        with pytest.raises(Interrupted):
+            run(compose_cfg(*SMALL), tmp_path / "run")
+    finally:
+        clear_interrupted()
+    check_interrupted()  # cleared: nothing pending for the next run
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "interrupted"
 
 
 def test_a_budget_larger_than_the_pool_finishes_what_it_can(make_cfg, tmp_path):
