@@ -42,27 +42,34 @@ class Callback:
         """Once, when the run completes, fails or is interrupted."""
 
 
-class Callbacks(Callback):
+class Forwarding(Callback):
+    """A callback that hands every event to `_forward(event, *args)` (fan-out, guards)."""
+
+    def _forward(self, event: str, *args) -> None:
+        raise NotImplementedError
+
+    def on_run_start(self, *args) -> None:
+        self._forward("on_run_start", *args)
+
+    def on_train_report(self, *args) -> None:
+        self._forward("on_train_report", *args)
+
+    def on_cycle_end(self, *args) -> None:
+        self._forward("on_cycle_end", *args)
+
+    def on_run_end(self, *args) -> None:
+        self._forward("on_run_end", *args)
+
+
+class Callbacks(Forwarding):
     """Several hooks called in order as one."""
 
     def __init__(self, hooks: list[Callback]) -> None:
         self.hooks = hooks
 
-    def _each(self, event: str, *args) -> None:
+    def _forward(self, event: str, *args) -> None:
         for hook in self.hooks:
             getattr(hook, event)(*args)
-
-    def on_run_start(self, *args) -> None:
-        self._each("on_run_start", *args)
-
-    def on_train_report(self, *args) -> None:
-        self._each("on_train_report", *args)
-
-    def on_cycle_end(self, *args) -> None:
-        self._each("on_cycle_end", *args)
-
-    def on_run_end(self, *args) -> None:
-        self._each("on_run_end", *args)
 
 
 def user_callbacks(paths) -> list[Callback]:

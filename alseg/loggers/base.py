@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import OmegaConf
 
-from alseg.callbacks import Callback, RunInfo
+from alseg.callbacks import Callback, Forwarding, RunInfo
 from alseg.pool import atomic_write
 from alseg.results import flatten_config
 
@@ -92,14 +92,14 @@ class Tracker(Callback):
         self.next_overlay = max(self.next_overlay, upto)
 
 
-class Guarded(Callback):
+class Guarded(Forwarding):
     """A tracker whose first error (a server down, a bad URI, a full store) costs one warning
     and ends its tracking for this run; the run goes on writing its files."""
 
     def __init__(self, tracker: Tracker) -> None:
         self.tracker, self.failed = tracker, False
 
-    def _call(self, event: str, *args) -> None:
+    def _forward(self, event: str, *args) -> None:
         if self.failed:
             return
         try:
@@ -109,18 +109,6 @@ class Guarded(Callback):
             text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             log.warning("warning: logger=%s stopped tracking this run (%s: %s); the run goes on",
                         self.tracker.name, type(exc).__name__, text[:300])
-
-    def on_run_start(self, *args) -> None:
-        self._call("on_run_start", *args)
-
-    def on_train_report(self, *args) -> None:
-        self._call("on_train_report", *args)
-
-    def on_cycle_end(self, *args) -> None:
-        self._call("on_cycle_end", *args)
-
-    def on_run_end(self, *args) -> None:
-        self._call("on_run_end", *args)
 
 
 def params(cfg) -> dict:
