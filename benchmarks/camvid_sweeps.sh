@@ -1,29 +1,44 @@
 #!/usr/bin/env bash
-# The CamVid sweeps behind docs/results.md: protocol experiment=cpu_camvid, 3 seeds each,
-# paired by seed (runs of one seed share cycle 0 and the initial weights).
-# Usage: benchmarks/camvid_sweeps.sh [CAMVID_ROOT] [OUT_DIR] [extra overrides...]
-# Each sweep runs JOBS runs at a time (joblib, one thread each; default 2 for 2 cores).
-# Then: alseg plot OUT_DIR/pixels* --baseline random --out docs/results/paired
+# The CamVid sweeps behind docs/results.md: protocol experiment=cpu_camvid, paired by seed (runs
+# of one seed share cycle 0 and the initial weights). Two queues of sweeps run side by side,
+# one run at a time each with one thread (2 cores).
+# Usage: benchmarks/camvid_sweeps.sh [protocol|main|all] [CAMVID_ROOT] [OUT_DIR]
+#   protocol: random and top-k margin, each from scratch and fine-tuned (train.reinit), seeds 0-2
+#   main:     the paired table's other strategies (seeds 0-4), seeds 3-4 of random and margin,
+#             and full supervision (450 steps, and 2250: what the last fine-tuned cycle has had)
+# Then: alseg plot OUT_DIR/... --baseline random --out docs/results/... (see docs/results.md)
 set -uo pipefail
-ROOT=${1:-../shared/data/camvid}
-OUT=${2:-outputs/camvid_results}
-shift 2 || true
+PART=${1:-all}
+ROOT=${2:-../shared/data/camvid}
+OUT=${3:-outputs/camvid_results}
 ALSEG=${ALSEG:-alseg}
-JOBS=${JOBS:-2}
 export OMP_NUM_THREADS=1
-COMMON=(experiment=cpu_camvid "dataset.root=$ROOT" save_model=never overlay_images=2
-        hydra/launcher=joblib "hydra.launcher.n_jobs=$JOBS" "$@")
+COMMON=(experiment=cpu_camvid "dataset.root=$ROOT" save_model=never overlay_images=2)
 
-sweep() {  # sweep NAME overrides...
-    local name=$1; shift
-    $ALSEG run -m "${COMMON[@]}" "$@" "hydra.sweep.dir=$OUT/$name" > "$OUT/$name.log" 2>&1
-    echo "$name: exit $? $(date +%H:%M:%S)"
+queue() {  # queue "NAME|overrides" ...: one sweep after the other
+    for spec in "$@"; do
+        local name=${spec%%|*}
+        # shellcheck disable=SC2086  # the overrides are words
+        $ALSEG run -m "${COMMON[@]}" ${spec#*|} "hydra.sweep.dir=$OUT/$name" > "$OUT/$name.log" 2>&1
+        echo "$name: exit $? $(date +%H:%M:%S)"
+    done
 }
 
 mkdir -p "$OUT"
-sweep pixels strategy=random,margin seed=0,1,2
-sweep pixels_power strategy=margin strategy.sampling=power seed=0,1,2
-sweep pixels_entropy strategy=entropy strategy.sampling=topk,power seed=0,1,2
-sweep full budget=full seed=0
-sweep pixels_top5 strategy=margin strategy.top_percent=0.05 seed=0,1,2
-sweep pixels_bald strategy=bald seed=0,1,2
+if [[ $PART == protocol || $PART == all ]]; then
+    # one sweep, two runs at a time; its fine-tuned runs are the table's random and margin
+    queue "reinit|hydra/launcher=joblib hydra.launcher.n_jobs=2 seed=0,1,2 train.reinit=true,false strategy=random,margin"
+fi
+if [[ $PART == main || $PART == all ]]; then
+    queue "power_margin|strategy=margin strategy.sampling=power seed=0,1,2" \
+          "top5|strategy=margin strategy.top_percent=0.05 seed=0,1,2" \
+          "full|budget=full seed=0" "full_long|budget=full train.iterations=2250 seed=0" \
+          "random_s34|strategy=random seed=3,4" "margin_s34|strategy=margin seed=3,4" \
+          "power_margin_s34|strategy=margin strategy.sampling=power seed=3,4" \
+          "top5_s34|strategy=margin strategy.top_percent=0.05 seed=3,4" &
+    queue "power_entropy|strategy=entropy strategy.sampling=power seed=0,1,2" \
+          "entropy|strategy=entropy seed=0,1,2" "bald|strategy=bald seed=0,1,2" \
+          "power_entropy_s34|strategy=entropy strategy.sampling=power seed=3,4" \
+          "entropy_s34|strategy=entropy seed=3,4" "bald_s34|strategy=bald seed=3,4" &
+    wait
+fi

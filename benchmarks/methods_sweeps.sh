@@ -11,7 +11,8 @@ SEEDS=${4:-0,1}
 ALSEG=${ALSEG:-alseg}
 JOBS=${JOBS:-2}
 export OMP_NUM_THREADS=1
-COMMON=(experiment=cpu_camvid "dataset.root=$ROOT" save_model=never overlay_images=2
+# train.reinit=true: these comparisons were made before cpu_camvid fine-tuned from cycle to cycle
+COMMON=(experiment=cpu_camvid train.reinit=true "dataset.root=$ROOT" save_model=never overlay_images=2
         hydra/launcher=joblib "hydra.launcher.n_jobs=$JOBS")
 # SEEDS superpixels with dominant labels, bought in clicks (Cai et al.'s setting, scaled down)
 SUPERPIXELS=(region.num_superpixels=150 budget=clicks budget.initial=2000 budget.per_cycle=2000
