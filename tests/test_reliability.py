@@ -21,15 +21,7 @@ SLOW = [*TINY, "train.epochs=3", "budget.cycles=3", "strategy=margin"]
 def alseg_run(tmp_path, out, *overrides, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL):
     env = {**os.environ, "ALSEG_CACHE": str(tmp_path / "cache")}
     return subprocess.Popen([sys.executable, "-m", "alseg.cli", "run", *SLOW, f"hydra.run.dir={out}", *overrides],
-                            cwd=tmp_path, env=env, stdout=stdout, stderr=stderr, preexec_fn=_signals_by_default)
-
-
-def _signals_by_default() -> None:
-    """In the child: SIGINT and SIGTERM act again. A suite started in the background of a shell
-    script (`make test &`, nohup) inherits SIGINT ignored, and alseg rightly leaves ignored
-    signals ignored, so the SIGINT case would otherwise run to the end and exit 0."""
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_DFL)
+                            cwd=tmp_path, env=env, stdout=stdout, stderr=stderr)
 
 
 @pytest.fixture(scope="module")
