@@ -2,10 +2,13 @@
 # The CamVid sweeps behind docs/results.md: protocol experiment=cpu_camvid, paired by seed (runs
 # of one seed share cycle 0 and the initial weights). Two queues of sweeps run side by side,
 # one run at a time each with one thread (2 cores).
-# Usage: benchmarks/camvid_sweeps.sh [protocol|main|all] [CAMVID_ROOT] [OUT_DIR]
+# Usage: benchmarks/camvid_sweeps.sh [protocol|main|seeds|variance|all] [CAMVID_ROOT] [OUT_DIR]
 #   protocol: random and top-k margin, each from scratch and fine-tuned (train.reinit), seeds 0-2
 #   main:     the paired table's other strategies (seeds 0-4), seeds 3-4 of random and margin,
 #             and full supervision (450 steps, and 2250: what the last fine-tuned cycle has had)
+#   seeds:    seeds 5-9 of random, margin, margin + top 5%, power margin, BALD and entropy (10
+#             seeds where the 5-seed interval was wider than +-1)
+#   variance: random only, protocol variants tried to lower its seed std (OUT_DIR/variance)
 # Then: alseg plot OUT_DIR/... --baseline random --out docs/results/... (see docs/results.md)
 set -uo pipefail
 PART=${1:-all}
@@ -40,5 +43,19 @@ if [[ $PART == main || $PART == all ]]; then
           "entropy|strategy=entropy seed=0,1,2" "bald|strategy=bald seed=0,1,2" \
           "power_entropy_s34|strategy=entropy strategy.sampling=power seed=3,4" \
           "entropy_s34|strategy=entropy seed=3,4" "bald_s34|strategy=bald seed=3,4" &
+    wait
+fi
+if [[ $PART == seeds || $PART == all ]]; then
+    queue "random_s59|strategy=random seed=5,6,7,8,9" "top5_s59|strategy=margin strategy.top_percent=0.05 seed=5,6,7,8,9" \
+          "bald_s56|strategy=bald seed=5,6" "entropy_s57|strategy=entropy seed=5,6,7" &
+    queue "margin_s59|strategy=margin seed=5,6,7,8,9" \
+          "power_margin_s59|strategy=margin strategy.sampling=power seed=5,6,7,8,9" "bald_s79|strategy=bald seed=7,8,9" \
+          "entropy_s89|strategy=entropy seed=8,9" &
+    wait
+fi
+if [[ $PART == variance || $PART == all ]]; then
+    mkdir -p "$OUT/variance"
+    queue "variance/lr2e-3|strategy=random train.lr=2e-3 seed=0,1,2" "variance/px5|strategy=random budget.initial=5 budget.per_cycle=5 seed=0,1,2,3,4" &
+    queue "variance/lr1e-3|strategy=random train.lr=1e-3 seed=0,1,2" "variance/it900|strategy=random train.iterations=900 seed=0,1" &
     wait
 fi
