@@ -58,6 +58,6 @@ if [[ $PART == variance || $PART == all ]]; then
     queue "variance/lr2e-3|strategy=random train.lr=2e-3 seed=0,1,2" "variance/px5|strategy=random budget.initial=5 budget.per_cycle=5 seed=0,1,2,3,4" &
     queue "variance/lr1e-3|strategy=random train.lr=1e-3 seed=0,1,2" "variance/it900|strategy=random train.iterations=900 seed=0,1" &
     wait
-    # a stronger encoder, two runs side by side (about 19 minutes each)
+    # a stronger encoder, two runs side by side (about 21 minutes each)
     queue "variance/r18|hydra/launcher=joblib hydra.launcher.n_jobs=2 strategy=random model.encoder=resnet18 seed=0,1"
 fi

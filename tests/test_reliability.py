@@ -16,19 +16,17 @@ from conftest import TINY
 
 TIMING = ["train_s", "query_s"]
 SLOW = [*TINY, "train.epochs=3", "budget.cycles=3", "strategy=margin"]
+# `python -m alseg.cli` with SIGINT acting again: a suite started in the background of a shell
+# script (`make test &`, nohup) hands its children SIGINT ignored, and alseg rightly leaves an
+# ignored signal ignored, so the SIGINT case would otherwise run to its end and exit 0.
+INTERRUPTIBLE = ("import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                 "runpy.run_module('alseg.cli', run_name='__main__', alter_sys=True)")
 
 
 def alseg_run(tmp_path, out, *overrides, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL):
     env = {**os.environ, "ALSEG_CACHE": str(tmp_path / "cache")}
     return subprocess.Popen([sys.executable, "-c", INTERRUPTIBLE, "run", *SLOW, f"hydra.run.dir={out}", *overrides],
                             cwd=tmp_path, env=env, stdout=stdout, stderr=stderr)
-
-
-# `python -m alseg.cli` with SIGINT acting again: a suite started in the background of a shell
-# script (`make test &`, nohup) hands its children SIGINT ignored, and alseg rightly leaves an
-# ignored signal ignored, so the SIGINT case would otherwise run to its end and exit 0.
-INTERRUPTIBLE = ("import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
-                 "runpy.run_module('alseg.cli', run_name='__main__', alter_sys=True)")
 
 
 @pytest.fixture(scope="module")
