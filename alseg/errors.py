@@ -1,5 +1,9 @@
-"""Errors a user can cause: reported as one message and exit code 2, no traceback."""
+"""Errors a user can cause: reported as one message and exit code 2, no traceback; and how a
+signal stops a run (`interrupt`, `uninterrupted`)."""
 import signal
+import threading
+from contextlib import contextmanager
+from typing import Iterator
 
 
 class AlsegError(Exception):
@@ -30,13 +34,36 @@ class Interrupted(KeyboardInterrupt):
 
 
 _pending: int | None = None  # a signal that asked the run to stop, until the run has stopped
+_shielded = 0  # depth of `uninterrupted` blocks open in the main thread
 
 
 def interrupt(signum: int) -> None:
-    """Stop the run for `signum`: raise Interrupted now, and remember it for `check_interrupted`."""
+    """Stop the run for `signum`: raise Interrupted now (at the end of the block, inside an
+    `uninterrupted` one), and remember it for `check_interrupted`."""
     global _pending
     _pending = signum
-    raise Interrupted(signum)
+    if not _shielded:
+        raise Interrupted(signum)
+
+
+@contextmanager
+def uninterrupted() -> Iterator[None]:
+    """A block that a signal does not break into: its Interrupted comes when the block ends.
+    For a file being written, whose writer may be a C extension calling back into Python
+    (torch.save into a file object turns an exception raised in its callback into its own
+    RuntimeError, and the run would end as a crash): the file is completed, then the run stops.
+    Only the main thread, where signal handlers run, is shielded."""
+    global _shielded
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _shielded += 1
+    try:
+        yield
+    finally:
+        _shielded -= 1
+    if not _shielded:
+        check_interrupted()
 
 
 def check_interrupted() -> None:

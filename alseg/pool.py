@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from alseg.data.base import IGNORE
-from alseg.errors import AlsegError
+from alseg.errors import AlsegError, uninterrupted
 
 NOT_ASKED = 255
 NO_LABEL = 254
@@ -35,14 +35,15 @@ def atomic_write(path: Path, write, mode: str = "wb") -> None:
     """Call `write(file)` on a temporary file named for this writer alone (pid and a random
     tag, so that two writers never share one), flush it to disk, then rename it onto `path`:
     a reader never sees a partial file. On any error the temporary file is removed, and an
-    OSError names `path`."""
+    OSError names `path`. A signal that comes meanwhile stops the run once the file is written."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
     try:
-        with open(tmp, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with uninterrupted():
+            with open(tmp, mode) as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
     except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)

@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from alseg.config import RESULT_NEUTRAL_KEYS
-from alseg.errors import AlsegError, Refused
+from alseg.errors import AlsegError, Refused, uninterrupted
 from alseg.pool import Pool, atomic_write
 from alseg.results import flatten_config
 
@@ -48,6 +48,7 @@ class SavedState:
     label_sets: np.ndarray | None = None  # multi-class label sets (alseg.pool.Pool.sets), if any
 
 
+@uninterrupted()  # a signal meanwhile stops the run after the whole state is saved
 def save_state(state: Path, cycle: int, pool: Pool, models: list, generator: torch.Generator,
                rng: np.random.Generator, config: dict, data: dict | None) -> None:
     """State of a completed cycle in its own folder; `latest.json`, written last and

@@ -49,7 +49,7 @@ def test_a_signal_mid_run_then_resume_gives_the_uninterrupted_metrics(tmp_path, 
             time.sleep(0.1)  # cycle 1 is done: cycles 2 and 3 are still to come
         assert job.poll() is None, "the run ended before it could be stopped"
         job.send_signal(sig)
-        assert job.wait(timeout=300) == code
+        assert job.wait(timeout=300) == code, log.read_text()[-2000:]
     summary = json.loads((tmp_path / "stopped" / "summary.json").read_text())
     assert summary["status"] == status
     if sig != signal.SIGKILL:  # one line says so, no traceback
@@ -67,6 +67,39 @@ class Finalised:
 
     def __del__(self):
         interrupt(signal.SIGINT)
+
+
+class SignalledWhileWriting:
+    """A file whose second write brings a signal, handled while a C extension (torch.save) is
+    calling back into Python: before alseg shielded its writes, torch turned the exception into
+    "RuntimeError: [enforce fail at inline_container.cc] unexpected pos" and the run crashed."""
+
+    def __init__(self, file, sig):
+        self.file, self.sig, self.writes = file, sig, 0
+
+    def write(self, data):
+        self.writes += 1
+        if self.writes == 2:
+            os.kill(os.getpid(), self.sig)
+        return self.file.write(data)
+
+    def flush(self):
+        self.file.flush()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_while_a_file_is_written_completes_the_file_then_stops(tmp_path, sig):
+    from alseg.cli import _signals_interrupt
+    from alseg.pool import atomic_write
+
+    weights = {"w": torch.arange(100_000.0)}
+    try:
+        with _signals_interrupt(), pytest.raises(Interrupted, match=sig.name):  # not torch's RuntimeError
+            atomic_write(tmp_path / "model.pt", lambda f: torch.save(weights, SignalledWhileWriting(f, sig)))
+    finally:
+        clear_interrupted()
+    assert torch.equal(torch.load(tmp_path / "model.pt")["w"], weights["w"])
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the swallowed exception
