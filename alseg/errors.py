@@ -35,14 +35,17 @@ class Interrupted(KeyboardInterrupt):
 
 _pending: int | None = None  # a signal that asked the run to stop, until the run has stopped
 _shielded = 0  # depth of `uninterrupted` blocks open in the main thread
+_deferred: int | None = None  # a signal that came inside them, raised when the outermost ends
 
 
 def interrupt(signum: int) -> None:
     """Stop the run for `signum`: raise Interrupted now (at the end of the block, inside an
     `uninterrupted` one), and remember it for `check_interrupted`."""
-    global _pending
+    global _pending, _deferred
     _pending = signum
-    if not _shielded:
+    if _shielded:
+        _deferred = signum
+    else:
         raise Interrupted(signum)
 
 
@@ -53,7 +56,7 @@ def uninterrupted() -> Iterator[None]:
     (torch.save into a file object turns an exception raised in its callback into its own
     RuntimeError, and the run would end as a crash): the file is completed, then the run stops.
     Only the main thread, where signal handlers run, is shielded."""
-    global _shielded
+    global _shielded, _deferred
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -62,8 +65,9 @@ def uninterrupted() -> Iterator[None]:
         yield
     finally:
         _shielded -= 1
-    if not _shielded:
-        check_interrupted()
+    if not _shielded and _deferred is not None:
+        signum, _deferred = _deferred, None
+        raise Interrupted(signum)
 
 
 def check_interrupted() -> None:

@@ -1,9 +1,13 @@
 """A user's hook sees every event of the loop, in order, with the run's numbers."""
 from __future__ import annotations
 
+import signal
+
 import pandas as pd
+import pytest
 
 from alseg.callbacks import Callback
+from alseg.errors import Interrupted, clear_interrupted, interrupt
 from alseg.experiment import run
 
 EVENTS: list[tuple] = []
@@ -33,6 +37,25 @@ def test_a_user_callback_hears_start_reports_cycles_and_end(make_cfg, tmp_path):
     assert cycles == [("cycle", c, m, c + 1) for c, m in zip(metrics["cycle"], metrics["miou"])]
     reports = [e for e in EVENTS if e[0] == "report"]
     assert {e[1] for e in reports} == {0, 1} and all(e[3] == 5 for e in reports) and reports[-1][2] == 5
+
+
+class SignalledInCycle0(Recorder):
+    """Takes a SIGTERM after cycle 0 as the CLI's handler does (`interrupt`)."""
+
+    def on_cycle_end(self, run, cycle, row, rows):
+        super().on_cycle_end(run, cycle, row, rows)
+        if cycle == 0:
+            interrupt(signal.SIGTERM)
+
+
+def test_a_signal_reaches_every_hook_as_the_end_of_an_interrupted_run(make_cfg, tmp_path):
+    EVENTS.clear()
+    try:  # summary.json is written first (shielded from signals): the signal must not come again there
+        with pytest.raises(Interrupted):
+            run(make_cfg("callbacks=[test_callbacks.SignalledInCycle0]", "budget.cycles=1"), tmp_path / "run")
+    finally:
+        clear_interrupted()
+    assert EVENTS[-1][:2] == ("end", "interrupted")
 
 
 class GainColumn(Callback):
