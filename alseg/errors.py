@@ -63,10 +63,12 @@ def uninterrupted() -> Iterator[None]:
     _shielded += 1
     try:
         yield
-    finally:
+    finally:  # an error leaving the block goes on as it is; check_interrupted still sees the signal
         _shielded -= 1
-    if not _shielded and _deferred is not None:
-        signum, _deferred = _deferred, None
+        signum = None
+        if not _shielded:
+            signum, _deferred = _deferred, None
+    if signum is not None:
         raise Interrupted(signum)
 
 
@@ -81,5 +83,5 @@ def check_interrupted() -> None:
 
 def clear_interrupted() -> None:
     """The run has stopped for its signal."""
-    global _pending
-    _pending = None
+    global _pending, _deferred
+    _pending = _deferred = None
