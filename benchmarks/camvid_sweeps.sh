@@ -60,4 +60,10 @@ if [[ $PART == variance || $PART == all ]]; then
     wait
     # a stronger encoder, two runs side by side (about 21 minutes each)
     queue "variance/r18|hydra/launcher=joblib hydra.launcher.n_jobs=2 strategy=random model.encoder=resnet18 seed=0,1"
+    # mid-size encoders between the two (about 6 and 13 minutes per run, two side by side)
+    queue "variance/regnet_a|strategy=random model.encoder=tu-regnetx_002 seed=0,2,4" \
+          "variance/r10t_a|strategy=random model.encoder=tu-resnet10t seed=0,2,4" &
+    queue "variance/regnet_b|strategy=random model.encoder=tu-regnetx_002 seed=1,3" \
+          "variance/r10t_b|strategy=random model.encoder=tu-resnet10t seed=1,3" &
+    wait
 fi
