@@ -60,6 +60,10 @@ if [[ $PART == variance || $PART == all ]]; then
     wait
     # a stronger encoder, two runs side by side (about 21 minutes each)
     queue "variance/r18|hydra/launcher=joblib hydra.launcher.n_jobs=2 strategy=random model.encoder=resnet18 seed=0,1"
+    # more seeds where 3 looked steady, and a lower rate still
+    queue "variance/lr1e-3_s37|strategy=random train.lr=1e-3 seed=3,4,5,6,7" &
+    queue "variance/lr5e-4|strategy=random train.lr=5e-4 seed=0,1,2,3,4" &
+    wait
     # mid-size encoders between the two (about 6 and 13 minutes per run, two side by side)
     queue "variance/regnet_a|strategy=random model.encoder=tu-regnetx_002 seed=0,2,4" \
           "variance/r10t_a|strategy=random model.encoder=tu-resnet10t seed=0,2,4" &
