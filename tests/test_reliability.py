@@ -93,10 +93,12 @@ def test_a_signal_while_a_file_is_written_completes_the_file_then_stops(tmp_path
     from alseg.pool import atomic_write
 
     weights = {"w": torch.arange(100_000.0)}
+    inherited = signal.signal(sig, signal.SIG_DFL)  # watched even where the suite was started with it ignored
     try:
         with _signals_interrupt(), pytest.raises(Interrupted, match=sig.name):  # not torch's RuntimeError
             atomic_write(tmp_path / "model.pt", lambda f: torch.save(weights, SignalledWhileWriting(f, sig)))
     finally:
+        signal.signal(sig, inherited)
         clear_interrupted()
     assert torch.equal(torch.load(tmp_path / "model.pt")["w"], weights["w"])
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
