@@ -1,7 +1,11 @@
-"""How many CPU cores this process may use, for every thread pool in alseg."""
+"""How many CPU cores this process may use, and the thread pool every parallel step of alseg
+runs on."""
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Iterator
 
 
 def usable_cpus() -> int:
@@ -16,3 +20,17 @@ def usable_cpus() -> int:
     if slurm.isdigit() and int(slurm) > 0:
         count = min(count, int(slurm))
     return max(1, count)
+
+
+@contextmanager
+def thread_pool() -> Iterator[ThreadPoolExecutor]:
+    """A pool of `usable_cpus()` threads whose queued tasks are dropped when the block ends in
+    an error (a signal, a bad image): stopping then waits only for the tasks already running,
+    not for the rest of a split's images."""
+    pool = ThreadPoolExecutor(usable_cpus())
+    try:
+        yield pool
+    except BaseException:
+        pool.shutdown(cancel_futures=True)
+        raise
+    pool.shutdown()

@@ -28,17 +28,16 @@ Click costs (README.md, "Regions and costs"):
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
 
 from alseg.cache import cache_key, cached_array
+from alseg.cpus import thread_pool
 from alseg.data.base import IGNORE
 from alseg.errors import AlsegError
 from alseg.regions import Regions
 from alseg.progress import Progress
-from alseg.regions.build import workers
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +171,7 @@ def precise_costs(regions: Regions, truth: np.ndarray, epsilon: float) -> np.nda
 
     log.info("precise click costs: tracing the ground truth of %d regions in %d images ...",
              int(regions.counts.sum()), n)
-    with Progress("precise click costs", n) as progress, ThreadPoolExecutor(workers()) as pool:
+    with Progress("precise click costs", n) as progress, thread_pool() as pool:
         for _ in pool.map(one, range(n)):
             progress.tick()
     log.info("precise click costs of %d images computed in %.1fs: %d clicks in all, %.1f per region",

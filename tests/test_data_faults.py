@@ -7,6 +7,7 @@ import io
 import logging
 import os
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 import alseg.cache as cache
+import alseg.cpus as cpus
+import alseg.oracle as oracle
 from alseg.cpus import usable_cpus
 from alseg.data import DATASETS, load_dataset, synthetic
 from alseg.data import decode as decode_module
@@ -384,9 +387,36 @@ def test_decoding_and_region_builds_use_the_usable_cpus(tmp_path, monkeypatch):
             pools.append(max_workers)
             super().__init__(max_workers, *args, **kwargs)
 
-    monkeypatch.setattr(decode_module, "ThreadPoolExecutor", Recording)
-    monkeypatch.setattr(build_module, "ThreadPoolExecutor", Recording)
+    monkeypatch.setattr(cpus, "ThreadPoolExecutor", Recording)
     make_camvid(tmp_path / "camvid")
     data = load_dataset(dataset_cfg("camvid", tmp_path / "camvid", tmp_path, size=[12, 16]))
     build_regions(region_cfg("slic", num_superpixels=8), np.asarray(data.train.images), str(tmp_path), KEY)
     assert pools == [1, 1, 1]  # train, val, regions
+
+
+@pytest.mark.parametrize("step", ["decoding", "region maps", "precise click costs"])
+def test_a_parallel_step_that_stops_drops_its_queued_images(tmp_path, monkeypatch, step):
+    """A signal or a bad image in one task ends the step without working through the images
+    still queued (a whole split of Cityscapes would hold a SIGTERM back for minutes)."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)  # one thread: tasks run in order
+    images, truth = synthetic.generate(12, 16, 24, seed=0)[:2]
+    calls = []
+
+    def failing(*args):  # the first image stops the step; each later one takes a second
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        time.sleep(1.0)
+        return np.zeros(images.shape[1:3], np.int32)
+
+    with pytest.raises(KeyboardInterrupt):
+        if step == "decoding":
+            monkeypatch.setattr(decode_module, "_decode_one", failing)
+            decode_module._decode_into(None, [None] * 12, (16, 24), True, images.copy(), truth.copy(), "test")
+        elif step == "region maps":
+            build_module.cached_maps(tmp_path, "test", images, failing, "test")
+        else:
+            monkeypatch.setattr(oracle, "region_costs", failing)
+            regions = build_regions(region_cfg("slic", num_superpixels=8), images, str(tmp_path), KEY)
+            oracle.precise_costs(regions, truth, 1.0)
+    assert len(calls) <= 2  # the failed image, and at most the one its thread took up next

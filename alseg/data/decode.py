@@ -20,7 +20,7 @@ import os
 import stat
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 
 from alseg.cache import cache_key, cached_memmaps
-from alseg.cpus import usable_cpus
+from alseg.cpus import thread_pool, usable_cpus
 from alseg.data.base import IGNORE, NativeLabels, SegDataset, Split
 from alseg.data.read import image_size, read_image, read_index_png
 from alseg.errors import AlsegError
@@ -235,8 +235,7 @@ def _decode_into(ds: DiskDataset, items: Sequence[Item], size: tuple[int, int], 
     into its flat array) with one thread per usable core, logging progress."""
     n, start, done = len(items), time.perf_counter(), 0
     step = max(1, n // 10)
-    threads = usable_cpus()
-    log.info("decoding %s: %d images to %dx%d with %d threads ...", what, n, *size, threads)
+    log.info("decoding %s: %d images to %dx%d with %d threads ...", what, n, *size, usable_cpus())
 
     def work(i: int) -> None:
         images[i], labels[i], label = _decode_one(ds, items[i], size, resize)
@@ -246,20 +245,14 @@ def _decode_into(ds: DiskDataset, items: Sequence[Item], size: tuple[int, int], 
                                  f"{items[i].image} is {native.shapes[i][0]}x{native.shapes[i][1]}")
             native.flat[native.starts[i] : native.starts[i + 1]] = label.ravel()
 
-    with Progress(f"decoding {what}", n, every=None) as progress, ThreadPoolExecutor(threads) as pool:
-        futures = [pool.submit(work, i) for i in range(n)]
-        try:
-            for future in as_completed(futures):
-                future.result()
-                done += 1
-                progress.tick()
-                if not progress.drawn and (done % step == 0 or done == n):
-                    log.info("  %s: %d/%d images (%.0f%%, %.1fs)", what, done, n, 100 * done / n,
-                             time.perf_counter() - start)
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
+    with Progress(f"decoding {what}", n, every=None) as progress, thread_pool() as pool:
+        for future in as_completed([pool.submit(work, i) for i in range(n)]):
+            future.result()
+            done += 1
+            progress.tick()
+            if not progress.drawn and (done % step == 0 or done == n):
+                log.info("  %s: %d/%d images (%.0f%%, %.1fs)", what, done, n, 100 * done / n,
+                         time.perf_counter() - start)
 
 
 def decode_split(ds: DiskDataset, cfg, split: str) -> Split:

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import logging
 import os
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from alseg.cache import cached_memmaps, open_entries, scratch_memmap
-from alseg.cpus import usable_cpus as workers  # oracle.py imports `workers` from here
+from alseg.cpus import thread_pool, usable_cpus as workers
 from alseg.errors import AlsegError
 from alseg.progress import Progress
 
@@ -67,7 +67,7 @@ def cached_maps(
     with scratch_memmap(folder, (n, h, w), np.int32) as wide:
         counts = np.zeros(n, np.int64)
         log.info("%s: building region maps for %d images of %dx%d on %d threads ...", what, n, h, w, workers())
-        with Progress(what, n) as progress, ThreadPoolExecutor(workers()) as pool:
+        with Progress(what, n) as progress, thread_pool() as pool:
             futures = {pool.submit(compute, np.asarray(images[i])): i for i in range(n)}
             for future in as_completed(futures):
                 i = futures.pop(future)
