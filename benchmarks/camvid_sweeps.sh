@@ -70,4 +70,8 @@ if [[ $PART == variance || $PART == all ]]; then
     queue "variance/regnet_b|strategy=random model.encoder=tu-regnetx_002 seed=1,3" \
           "variance/r10t_b|strategy=random model.encoder=tu-resnet10t seed=1,3" &
     wait
+    # a larger working size, 90x120 (about 11 minutes per run, two side by side)
+    queue "variance/size90_a|strategy=random dataset.size=[90,120] seed=0,1,2" &
+    queue "variance/size90_b|strategy=random dataset.size=[90,120] seed=3,4" &
+    wait
 fi
