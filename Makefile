@@ -7,6 +7,8 @@ BIN := $(VENV)/bin
 TORCH := torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 QUICKSTART := outputs/quickstart
+# pytest-xdist workers for `make test` (one thread each): 2 suits the 2-core CI machine.
+TEST_WORKERS ?= 2
 
 .PHONY: install run test bench clean
 
@@ -28,7 +30,7 @@ run: install
 	@cat $(QUICKSTART)/table.md
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 bench: install
 	$(BIN)/python benchmarks/bench.py

@@ -1,8 +1,15 @@
 """Shared fixtures: configs composed from the packaged YAML, shrunk to run in seconds on a CPU."""
 from __future__ import annotations
 
+import os
+
 import pytest
+import torch
 from hydra import compose, initialize_config_module
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs one worker per core: one thread each,
+    os.environ["OMP_NUM_THREADS"] = "1"   # for the CLI runs they start too, so that workers
+    torch.set_num_threads(1)              # do not take each other's cores
 
 # Keys only dataset=synthetic has; added unless the overrides choose another dataset.
 SYNTHETIC = [
