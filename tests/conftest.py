@@ -7,9 +7,9 @@ import pytest
 import torch
 from hydra import compose, initialize_config_module
 
-if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs one worker per core: one thread each,
-    os.environ["OMP_NUM_THREADS"] = "1"   # for the CLI runs they start too, so that workers
-    torch.set_num_threads(1)              # do not take each other's cores
+if os.environ.get("PYTEST_XDIST_WORKER"):  # under `make test`'s workers: one thread each, also
+    os.environ["OMP_NUM_THREADS"] = "1"   # for the CLI runs they start, so that the workers do
+    torch.set_num_threads(1)              # not take each other's cores
 
 # Keys only dataset=synthetic has; added unless the overrides choose another dataset.
 SYNTHETIC = [

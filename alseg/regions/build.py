@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 
 from alseg.cache import cached_memmaps, open_entries, scratch_memmap
-from alseg.cpus import thread_pool, usable_cpus as workers
+from alseg.cpus import thread_pool, usable_cpus
 from alseg.errors import AlsegError
 from alseg.progress import Progress
 
@@ -66,7 +66,7 @@ def cached_maps(
     # an anonymous scratch file (unlinked from the start), so a killed build leaves nothing behind
     with scratch_memmap(folder, (n, h, w), np.int32) as wide:
         counts = np.zeros(n, np.int64)
-        log.info("%s: building region maps for %d images of %dx%d on %d threads ...", what, n, h, w, workers())
+        log.info("%s: building region maps for %d images of %dx%d on %d threads ...", what, n, h, w, usable_cpus())
         with Progress(what, n) as progress, thread_pool() as pool:
             futures = {pool.submit(compute, np.asarray(images[i])): i for i in range(n)}
             for future in as_completed(futures):
