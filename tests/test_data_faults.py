@@ -20,7 +20,6 @@ from PIL import Image
 import alseg.cache as cache
 import alseg.cpus as cpus
 import alseg.oracle as oracle
-from alseg.cpus import usable_cpus
 from alseg.data import DATASETS, load_dataset, synthetic
 from alseg.data import decode as decode_module
 from alseg.data.base import SegDataset, Split
@@ -370,11 +369,11 @@ def test_usable_cpus_follow_the_affinity_and_slurm(monkeypatch):
     monkeypatch.setattr(os, "cpu_count", lambda: 64)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
     monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
-    assert usable_cpus() == 4
+    assert cpus.usable_cpus() == 4
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", "2")
-    assert usable_cpus() == 2
+    assert cpus.usable_cpus() == 2
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", "16")
-    assert usable_cpus() == 4
+    assert cpus.usable_cpus() == 4
 
 
 def test_decoding_and_region_builds_use_the_usable_cpus(tmp_path, monkeypatch):
