@@ -15,6 +15,7 @@ PART=${1:-all}
 ROOT=${2:-../shared/data/camvid}
 OUT=${3:-outputs/camvid_results}
 ALSEG=${ALSEG:-alseg}
+PYTHON=${PYTHON:-python}
 export OMP_NUM_THREADS=1
 COMMON=(experiment=cpu_camvid "dataset.root=$ROOT" save_model=never overlay_images=2)
 
@@ -73,5 +74,20 @@ if [[ $PART == variance || $PART == all ]]; then
     # a larger working size, 90x120 (about 11 minutes per run, two side by side)
     queue "variance/size90_a|strategy=random dataset.size=[90,120] seed=0,1,2" &
     queue "variance/size90_b|strategy=random dataset.size=[90,120] seed=3,4" &
+    wait
+    # the encoder pretrained on synthetic scenes (benchmarks/pretrain_synthetic.py, about 7 minutes)
+    $PYTHON benchmarks/pretrain_synthetic.py "$OUT/variance/synthetic_encoder.pt" > "$OUT/variance/synthetic_encoder.log"
+    queue "variance/synth_a|strategy=random model.encoder_weights=$OUT/variance/synthetic_encoder.pt seed=0,2,4" &
+    queue "variance/synth_b|strategy=random model.encoder_weights=$OUT/variance/synthetic_encoder.pt seed=1,3" &
+    wait
+    # larger batches: 32 (twice the images per run, about 11 minutes beside one other), 64 and 32
+    # with half the steps (as many images as 32 and as shipped), and ResNet-18's seeds 2 and 3
+    queue "variance/b32_a|strategy=random train.batch_size=32 seed=0,2,4" \
+          "variance/b64_a|strategy=random train.batch_size=64 train.iterations=225 seed=0,2,4" \
+          "variance/b32i225_a|strategy=random train.batch_size=32 train.iterations=225 seed=0,2,4" &
+    queue "variance/b32_b|strategy=random train.batch_size=32 seed=1,3" \
+          "variance/r18_s2|strategy=random model.encoder=resnet18 seed=2" \
+          "variance/r18_s3|strategy=random model.encoder=resnet18 seed=3" \
+          "variance/b32i225_b|strategy=random train.batch_size=32 train.iterations=225 seed=1,3" &
     wait
 fi
