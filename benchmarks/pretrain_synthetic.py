@@ -11,7 +11,6 @@ machine), and saves the encoder's state dict. About 7 minutes on one CPU core.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from alseg.augment import augment
 from alseg.data.base import IGNORE
 from alseg.data.synthetic import CLASS_NAMES, generate
 from alseg.model import build_model, normalise
+from alseg.pool import atomic_write
 from alseg.train import make_optimiser, make_schedule
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -54,9 +54,7 @@ def main() -> None:
         schedule.step()
         if step % 500 == 0 or step == args.steps:
             print(f"step {step}/{args.steps}  loss {loss.item():.3f}  ({time.perf_counter() - start:.0f}s)", flush=True)
-    partial = args.out.with_name(f"{args.out.name}.{os.getpid()}.tmp")
-    torch.save(model.net.encoder.state_dict(), partial)
-    partial.replace(args.out)
+    atomic_write(args.out, lambda f: torch.save(model.net.encoder.state_dict(), f))
     print(f"wrote {args.out}")
 
 
