@@ -89,4 +89,17 @@ if [[ $PART == variance || $PART == all ]]; then
           "variance/r18_s3|strategy=random model.encoder=resnet18 seed=3" \
           "variance/b32i225_b|strategy=random train.batch_size=32 train.iterations=225 seed=1,3" &
     wait
+    # batch 64 for all 450 steps (about 22 minutes beside one other; seeds 0-3), no dropout before
+    # the head, more weight decay, PixelPick's scale range, and no dropout with batch 32
+    queue "variance/b64i450_a|strategy=random train.batch_size=64 seed=0,2" \
+          "variance/drop0_a|strategy=random model.dropout=0 seed=0,2,4" \
+          "variance/wd1e-3_a|strategy=random train.weight_decay=1e-3 seed=0,2,4" \
+          "variance/scale_a|strategy=random train.augment.scale=[0.5,2.0] seed=0,2,4" \
+          "variance/drop0b32_a|strategy=random model.dropout=0 train.batch_size=32 seed=0,2,4" &
+    queue "variance/b64i450_b|strategy=random train.batch_size=64 seed=1,3" \
+          "variance/drop0_b|strategy=random model.dropout=0 seed=1,3" \
+          "variance/wd1e-3_b|strategy=random train.weight_decay=1e-3 seed=1,3" \
+          "variance/scale_b|strategy=random train.augment.scale=[0.5,2.0] seed=1,3" \
+          "variance/drop0b32_b|strategy=random model.dropout=0 train.batch_size=32 seed=1,3" &
+    wait
 fi
