@@ -25,7 +25,7 @@ from alseg.device import device_generator, tune_convolutions
 from alseg.errors import AlsegError, Refused, check_interrupted
 from alseg.loggers import build_loggers
 from alseg.metrics import iou_per_class, miou, pixel_accuracy
-from alseg.model import build_model, check_model
+from alseg.model import build_model, check_model, ensemble
 from alseg.oracle import Oracle
 from alseg.overlay import save_query_overlay
 from alseg.placement import Placement, Streamed, choose_placement, data_bytes
@@ -101,6 +101,7 @@ class Loop:
     oracle: Oracle
     strategy: object
     models: list[torch.nn.Module]
+    predictor: torch.nn.Module  # what is evaluated and scored: the model, or the mean of an ensemble's
     initial_weights: list[dict]
     placement: Placement
     tensors: dict[str, torch.Tensor | Streamed]  # train_images, train_labels, val_images, val_labels (see placement)
@@ -194,7 +195,7 @@ def _setup(cfg: DictConfig, files: RunFiles | None, rows: list[dict], hooks: Cal
     log.info("%s: %d train / %d val images of %dx%d, %d classes, %s regions, strategy %s, budget %s on %s",
              cfg.dataset.name, n, len(data.val), h, w, c, regions.name, strategy.cfg.name, cfg.budget.name, device)
     run = RunInfo(cfg, files.out, files.info) if files is not None else RunInfo(cfg, None)
-    return Loop(cfg, files, hooks, run, data, regions, oracle, strategy, models,
+    return Loop(cfg, files, hooks, run, data, regions, oracle, strategy, models, ensemble(models),
                 [copy.deepcopy(m.state_dict()) for m in models], where, tensors,
                 None if costs is None else torch.from_numpy(costs).to(device), Pool.empty(n, h, w, c), generator, rng)
 
@@ -236,11 +237,11 @@ def _reveal(loop: Loop, cycle: int, chosen: Selection, full: bool) -> float:
 
 
 def _learn(loop: Loop, cycle: int, query_s: float) -> dict:
-    """Train every model, evaluate the first; returns the cycle's metrics row."""
+    """Train every model, evaluate the predictor; returns the cycle's metrics row."""
     t0 = time.perf_counter()
     steps = _train(loop, cycle)
     train_s = time.perf_counter() - t0
-    cm = evaluate(loop.models[0], loop.tensors["val_images"], loop.tensors["val_labels"], loop.data.num_classes,
+    cm = evaluate(loop.predictor, loop.tensors["val_images"], loop.tensors["val_labels"], loop.data.num_classes,
                   loop.cfg.train.eval_batch_size, loop.data.val.native)
     return _metrics_row(cycle, loop.pool, loop.data, cm, steps, train_s, query_s)
 
@@ -311,9 +312,10 @@ def _check_member(model: torch.nn.Module, cfg: DictConfig, strategy, num_classes
 
 
 def _build_models(cfg: DictConfig, strategy, num_classes: int, device: torch.device) -> list[torch.nn.Module]:
-    """The model (the same network whatever the strategy: `model.dropout` is part of it), or a
-    committee of `strategy.members` models from different initialisations."""
-    members = strategy.members
+    """The model (the same network whatever the strategy: `model.dropout` is part of it), or
+    `train.ensemble` models, or a committee of `strategy.members` models, from different
+    initialisations (check_config makes the two counts agree when both exceed 1)."""
+    members = max(int(cfg.train.get("ensemble", 1)), strategy.members)
     if members == 1:
         return [build_model(cfg.model, num_classes).to(device)]
     models = []
@@ -331,9 +333,10 @@ def _query(loop: Loop, cycle: int) -> Selection | None:
     chooser = loop.strategy if active else STRATEGIES["random"](cfg.strategy)
     revealed = loop.placement.put(loop.pool.revealed)
     if cycle > 0:  # region=adaptive merges its superpixels from the current model
-        loop.regions.refresh(loop.models[0], images, revealed, cfg.train.eval_batch_size)
+        loop.regions.refresh(loop.predictor, images, revealed, cfg.train.eval_batch_size)
     size = int(cfg.train.eval_batch_size)
-    scored = query.score_pool(chooser, loop.models if active else [], images, loop.tensors["train_labels"], revealed,
+    scorers = (loop.models if loop.strategy.members > 1 else [loop.predictor]) if active else []  # a committee: its members
+    scored = query.score_pool(chooser, scorers, images, loop.tensors["train_labels"], revealed,
                               loop.regions, loop.generator, size, loop.data.num_classes,
                               distributed.shard(len(images), size))
     scored = distributed.gather_rows(scored, len(images), size)

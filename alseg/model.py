@@ -78,6 +78,45 @@ class Segmenter(torch.nn.Module):
         return self.head(self.features(x), x.shape[-2:])
 
 
+class Ensemble(torch.nn.Module):
+    """Several networks as one (`train.ensemble`): the prediction is the mean of the members'
+    softmax, returned as its log, so that argmax, softmax and every strategy see the ensemble."""
+
+    def __init__(self, members: list[torch.nn.Module]) -> None:
+        super().__init__()
+        self.members = torch.nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _log_mean_softmax([member(x) for member in self.members])
+
+
+class SplitEnsemble(Ensemble):
+    """An ensemble of split members: its features are theirs side by side, and its head runs
+    each member's head (with that member's dropout) on its own share."""
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([member.features(x) for member in self.members], dim=1)
+
+    def head(self, features: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        shares = features.chunk(len(self.members), dim=1)
+        return _log_mean_softmax([member.head(f, size) for member, f in zip(self.members, shares)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x), x.shape[-2:])
+
+
+def ensemble(models: list[torch.nn.Module]) -> torch.nn.Module:
+    """The run's predictor: its one model, or the ensemble of its `train.ensemble` members."""
+    if len(models) == 1:
+        return models[0]
+    return SplitEnsemble(models) if all(is_split(m) for m in models) else Ensemble(models)
+
+
+def _log_mean_softmax(logits: list[torch.Tensor]) -> torch.Tensor:
+    probs = torch.stack([z.float().softmax(dim=1) for z in logits]).mean(dim=0)
+    return probs.clamp_min(1e-12).log()
+
+
 def build_model(cfg, num_classes: int) -> torch.nn.Module:
     """The `model` config group as a Segmenter (`model.dropout` before the head, 0 or null for
     none). With `model._target_`, a user's factory `target(num_classes=C, **model.kwargs)`."""
