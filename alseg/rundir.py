@@ -187,11 +187,15 @@ class RunFiles:
         save_state(self.state, cycle, pool, models, generator, rng, config, self.data)
 
     def copy_model(self, cycle: int, target: Path) -> None:
-        """Keep the weights trained in `cycle` as `target` (for save_model=last|every)."""
+        """Keep the weights trained in `cycle` as `target` (for save_model=last|every); the other
+        members of an ensemble or committee beside it, as `<target stem>.member_k.pt`."""
         self.own()
         target.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.state / f"cycle_{cycle:02d}" / "model.pt", "rb") as source:
-            atomic_write(target, lambda f: shutil.copyfileobj(source, f))
+        folder = self.state / f"cycle_{cycle:02d}"
+        for name in sorted(p.name for p in folder.glob("member_*.pt")) + ["model.pt"]:
+            with open(folder / name, "rb") as source:
+                copy = target if name == "model.pt" else target.with_name(f"{target.stem}.{name}")
+                atomic_write(copy, lambda f, source=source: shutil.copyfileobj(source, f))
 
     def end(self, exc: BaseException, rows: list[dict]) -> BaseException:
         """Record how the run ended early ("interrupted" or "failed" and why) as far as the disk

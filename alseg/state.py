@@ -102,7 +102,7 @@ def restore(saved: SavedState, pool: Pool, models: list, generator: torch.Genera
         raise AlsegError(f"{folder}/revealed.npy holds a pool of shape {saved.revealed.shape}, "
                          f"the data give {pool.revealed.shape}: start again in another hydra.run.dir")
     if len(saved.weights) != len(models):
-        raise AlsegError(f"{folder} holds {len(saved.weights)} model(s), this strategy trains {len(models)}: "
+        raise AlsegError(f"{folder} holds {len(saved.weights)} model(s), this run trains {len(models)} (strategy.members, train.ensemble): "
                          "start again in another hydra.run.dir")
     pool.revealed[:] = saved.revealed
     pool.sets = saved.label_sets

@@ -1,5 +1,6 @@
 """Stopped after a cycle and resumed, runs whose strategies draw random numbers (core-set's
-candidates, MC dropout's masks) give the uninterrupted run's metrics: every RNG is saved."""
+candidates, MC dropout's masks) or that train several networks (train.ensemble) give the
+uninterrupted run's metrics: every RNG and every member is saved."""
 from __future__ import annotations
 
 import os
@@ -19,7 +20,8 @@ class StopAfterCycle(Callback):
             raise KeyboardInterrupt
 
 
-@pytest.mark.parametrize("strategy", [["strategy=coreset"], ["strategy=bald", "strategy.passes=3"]])
+@pytest.mark.parametrize("strategy", [["strategy=coreset"], ["strategy=bald", "strategy.passes=3"],
+                                      ["strategy=margin", "train.ensemble=2"]])
 def test_stop_and_resume_gives_the_uninterrupted_metrics(make_cfg, tmp_path, monkeypatch, strategy):
     overrides = [*strategy, "callbacks=[test_resume_strategies.StopAfterCycle]", "budget.cycles=2", "train.epochs=1"]
     run(make_cfg(*overrides), tmp_path / "whole")
