@@ -8,7 +8,8 @@
 #             and full supervision (450 steps, and 2250: what the last fine-tuned cycle has had)
 #   seeds:    seeds 5-9 of random, margin, margin + top 5%, power margin, BALD and entropy (10
 #             seeds where the 5-seed interval was wider than +-1)
-#   variance: random only, protocol variants tried to lower its seed std (OUT_DIR/variance)
+#   variance: random only, protocol variants tried to lower its seed std (OUT_DIR/variance), and
+#             margin with the 5-network ensemble (OUT_DIR/ens5)
 # Then: alseg plot OUT_DIR/... --baseline random --out docs/results/... (see docs/results.md)
 set -uo pipefail
 PART=${1:-all}
@@ -101,5 +102,11 @@ if [[ $PART == variance || $PART == all ]]; then
           "variance/wd1e-3_b|strategy=random train.weight_decay=1e-3 seed=1,3" \
           "variance/scale_b|strategy=random train.augment.scale=[0.5,2.0] seed=1,3" \
           "variance/drop0b32_b|strategy=random model.dropout=0 train.batch_size=32 seed=1,3" &
+    wait
+    # an ensemble of 5 networks (train.ensemble=5; 22-35 minutes per run beside one other):
+    # random, then margin for the paired difference (OUT_DIR/ens5)
+    mkdir -p "$OUT/ens5"
+    queue "variance/ens5_a|strategy=random train.ensemble=5 seed=0,1,2" "ens5/margin_a|strategy=margin train.ensemble=5 seed=0" &
+    queue "variance/ens5_b|strategy=random train.ensemble=5 seed=3,4" "ens5/margin_b|strategy=margin train.ensemble=5 seed=2,3" &
     wait
 fi
