@@ -1,0 +1,39 @@
+"""mIoU of each member of a train.ensemble run and of their ensemble, at the cycles whose state
+the run keeps (the last two), on the split the run evaluates (docs/results.md, "An ensemble of
+five networks").
+
+Usage: python benchmarks/ensemble_members.py RUN_DIR [RUN_DIR ...]
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from alseg.data import load_dataset
+from alseg.metrics import miou
+from alseg.model import build_model, ensemble
+from alseg.train import evaluate
+
+
+def main(runs: list[str]) -> None:
+    for run in map(Path, runs):
+        cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
+        data = load_dataset(cfg.dataset)
+        truth = [torch.from_numpy(a) for a in (data.val.images, data.val.labels)]  # the split a run evaluates
+        for folder in sorted((run / "state").glob("cycle_*")):
+            members = []
+            for file in [folder / "model.pt", *sorted(folder.glob("member_*.pt"))]:
+                member = build_model(cfg.model, data.num_classes)
+                member.load_state_dict(torch.load(file))
+                members.append(member)
+            each = [miou(evaluate(m, *truth, data.num_classes, 32, data.val.native)) for m in members]
+            whole = miou(evaluate(ensemble(members), *truth, data.num_classes, 32, data.val.native))
+            print(f"{run.name} {folder.name}: members {', '.join(f'{v:.1f}' for v in each)} "
+                  f"(mean {sum(each) / len(each):.1f}), ensemble {whole:.1f}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
