@@ -15,23 +15,25 @@ from omegaconf import OmegaConf
 from alseg.data import load_dataset
 from alseg.metrics import miou
 from alseg.model import build_model, ensemble
+from alseg.state import load_state
 from alseg.train import evaluate
 
 
 def main(runs: list[str]) -> None:
     for run in map(Path, runs):
-        cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
-        data = load_dataset(cfg.dataset)
-        truth = [torch.from_numpy(a) for a in (data.val.images, data.val.labels)]  # the split a run evaluates
-        for folder in sorted((run / "state").glob("cycle_*")):
-            members = []
-            for file in [folder / "model.pt", *sorted(folder.glob("member_*.pt"))]:
-                member = build_model(cfg.model, data.num_classes)
-                member.load_state_dict(torch.load(file))
-                members.append(member)
+        cycles = sorted(int(folder.name.split("_")[1]) for folder in (run / "state").glob("cycle_*"))
+        data = None
+        for cycle in cycles:
+            saved = load_state(run, cycle)  # checked, members in order: model.pt, member_1.pt, ...
+            cfg = OmegaConf.create(saved.config)
+            data = data or load_dataset(cfg.dataset)
+            members = [build_model(cfg.model, data.num_classes) for _ in saved.weights]
+            for member, (_, weights) in zip(members, saved.weights):
+                member.load_state_dict(weights)
+            truth = [torch.from_numpy(a) for a in (data.val.images, data.val.labels)]  # the split a run evaluates
             each = [miou(evaluate(m, *truth, data.num_classes, 32, data.val.native)) for m in members]
             whole = miou(evaluate(ensemble(members), *truth, data.num_classes, 32, data.val.native))
-            print(f"{run.name} {folder.name}: members {', '.join(f'{v:.1f}' for v in each)} "
+            print(f"{run.name} cycle_{cycle:02d}: members {', '.join(f'{v:.1f}' for v in each)} "
                   f"(mean {sum(each) / len(each):.1f}), ensemble {whole:.1f}")
 
 
