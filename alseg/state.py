@@ -25,7 +25,15 @@ from alseg.pool import Pool, atomic_write
 from alseg.results import flatten_config
 
 # Keys that may change between a run and its resumption without changing its results.
-RESUME_FREE_KEYS = set(RESULT_NEUTRAL_KEYS)  # keys that may change between a run and its resumption
+RESUME_FREE_KEYS = set(RESULT_NEUTRAL_KEYS)
+# Keys added since runs were first saved in this format (6436b09), each with the value that
+# reproduces how alseg ran before it existed: a run saved without one resumes when the current
+# config has that value. A key added to conf/ is added here too (tests/test_rundir.py checks).
+ADDED_KEYS = {
+    "annotation.sieve": False, "callbacks": (), "dataset.eval_size": "working", "devices": 1,
+    "strategy.modifiers": (), "train.ema": None, "train.ensemble": 1, "train.semi": "none",
+    "train.pseudo_threshold": 0.95, "train.pseudo_weight": 1.0,
+}
 META_KEYS = ("cycle", "clicks", "regions", "numpy_rng")
 
 
@@ -144,9 +152,17 @@ def data_differences(saved: dict, current: dict) -> list[str]:
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:
-    """Keys whose values differ between two configs, ignoring RESUME_FREE_KEYS."""
+    """Keys whose values differ between a saved and the current config, ignoring RESUME_FREE_KEYS;
+    a key added since the run was saved counts as its ADDED_KEYS value."""
     a, b = flatten_config(saved), flatten_config(current)
-    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if k not in RESUME_FREE_KEYS and a.get(k) != b.get(k)]
+    differ = []
+    for k in sorted((set(a) | set(b)) - RESUME_FREE_KEYS):
+        if k not in a and k in ADDED_KEYS:
+            if b[k] != ADDED_KEYS[k]:
+                differ.append(f"{k}: not in the saved run, which ran as {ADDED_KEYS[k]!r} -> {b[k]!r}")
+        elif a.get(k) != b.get(k):
+            differ.append(f"{k}: {a.get(k)!r} -> {b.get(k)!r}")
+    return differ
 
 
 def _load(out: Path, cycle: int) -> SavedState:
