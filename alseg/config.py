@@ -158,7 +158,7 @@ SCHEMA: dict[str, dict[str, Accepts]] = {
               "optimizer": choice("adam", "sgd"), "lr": number("(0, inf)"), "encoder_lr": nullable(number("(0, inf)")),
               "momentum": number("[0, 1)"), "weight_decay": number("[0, inf)"), "schedule": choice("constant", "step", "poly"),
               "milestones": Accepts("a list of integers >= 1", lambda v: isinstance(v, list) and all(_is_int(x) and x >= 1 for x in v)),
-              "gamma": number("(0, inf)"), "reinit": FLAG, "ema": nullable(number("(0, 1)")), "ensemble": integer(1),
+              "gamma": number("(0, inf)"), "reinit": FLAG, "ema": nullable(number("(0, 1)")), "ensemble": integer(1), "seed": nullable(integer(0)),
               "semi": choice("none", "pseudo_label"), "pseudo_threshold": number("[0, 1]"), "pseudo_weight": number("[0, inf)"), "eval_batch_size": integer(1), "augment.hflip": FLAG,
               "augment.scale": nullable(Accepts("[min, max] with 0 < min <= max", lambda v: _pair(v, _is_number) and 0 < v[0] <= v[1])),
               "augment.jitter": number("[0, 1)")},

@@ -160,7 +160,7 @@ def share(value: Any) -> Any:
     return box[0]
 
 
-def share_pool(pool, generator: torch.Generator, go_on: bool, models: list | None = None) -> bool:
+def share_pool(pool, generators: dict[str, torch.Generator], go_on: bool, models: list | None = None) -> bool:
     """Rank 0's pool (revealed map, clicks, regions), random states and `go_on` on every rank,
     and with `models`, rank 0's weights too (a resumed run). Returns rank 0's `go_on`."""
     if world() == 1:
@@ -168,7 +168,7 @@ def share_pool(pool, generator: torch.Generator, go_on: bool, models: list | Non
     cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
     state = share({
         "go_on": go_on, "clicks": pool.clicks, "regions": pool.regions, "sets": pool.sets,
-        "generator": generator.get_state(),
+        "generators": {name: g.get_state() for name, g in generators.items()},
         "global": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if cuda else None,
         "weights": [m.state_dict() for m in models] if models is not None and rank() == 0 else None,
     })
@@ -179,7 +179,8 @@ def share_pool(pool, generator: torch.Generator, go_on: bool, models: list | Non
     if rank() != 0:
         pool.revealed[:] = revealed.cpu().numpy()
         pool.clicks, pool.regions, pool.sets = state["clicks"], state["regions"], state["sets"]
-        generator.set_state(state["generator"])
+        for name, generator in generators.items():
+            generator.set_state(state["generators"][name])
         torch.set_rng_state(state["global"])
         if state["cuda"] is not None and cuda:
             torch.cuda.set_rng_state(state["cuda"])

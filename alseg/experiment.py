@@ -107,8 +107,14 @@ class Loop:
     tensors: dict[str, torch.Tensor | Streamed]  # train_images, train_labels, val_images, val_labels (see placement)
     costs: torch.Tensor | None
     pool: Pool
-    generator: torch.Generator
+    generator: torch.Generator  # the selection's (and the training's, unless train.seed is set)
+    train_generator: torch.Generator
     rng: np.random.Generator
+
+    @property
+    def generators(self) -> dict[str, torch.Generator]:
+        """The torch generators a resume restores and a run over several processes shares."""
+        return {"generator": self.generator, "train_generator": self.train_generator}
 
 
 def _run(cfg: DictConfig, files: RunFiles, rows: list[dict], start_cycle: int, hooks: Callbacks) -> dict:
@@ -117,9 +123,9 @@ def _run(cfg: DictConfig, files: RunFiles, rows: list[dict], start_cycle: int, h
     tune_convolutions(device)
     loop = _setup(cfg, files, rows, hooks, device)
     if start_cycle > 0:
-        files.restore(loop.pool, loop.models, loop.generator, loop.rng)
+        files.restore(loop.pool, loop.models, loop.generators, loop.rng)
         loop.regions.restore(files.state, start_cycle - 1)
-    distributed.share_pool(loop.pool, loop.generator, True, loop.models if start_cycle > 0 else None)
+    distributed.share_pool(loop.pool, loop.generators, True, loop.models if start_cycle > 0 else None)
     cycles = _cycles(cfg)
     hooks.on_run_start(loop.run, start_cycle)
     exhausted = None
@@ -154,7 +160,7 @@ def _follow(cfg: DictConfig) -> None:
     device = distributed.run_device(cfg)
     tune_convolutions(device)
     loop = _setup(cfg, None, [], Callbacks([]), device)
-    distributed.share_pool(loop.pool, loop.generator, True, loop.models if start_cycle > 0 else None)
+    distributed.share_pool(loop.pool, loop.generators, True, loop.models if start_cycle > 0 else None)
     for cycle in range(start_cycle, _cycles(cfg) + 1):
         if _ask(loop, cycle)[0] is None:
             return
@@ -170,9 +176,10 @@ def _setup(cfg: DictConfig, files: RunFiles | None, rows: list[dict], hooks: Cal
     """Data, regions, oracle, strategy and models of a run, its arrays placed (alseg.placement), an empty
     pool; the run's first write (summary.json, "running") once the data is known to be the
     saved run's. `files` is None in the ranks > 0 of a run over several processes."""
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(_training_seed(cfg))  # initial weights, dropout masks
     rng = np.random.default_rng(cfg.seed)
     generator = torch.Generator().manual_seed(int(cfg.seed))
+    train_generator = generator if cfg.train.get("seed") is None else torch.Generator().manual_seed(int(cfg.train.seed))
     data = load_dataset(cfg.dataset)
     n, (h, w), c = len(data.train), data.train.size, data.num_classes
     if files is not None:
@@ -197,7 +204,7 @@ def _setup(cfg: DictConfig, files: RunFiles | None, rows: list[dict], hooks: Cal
     run = RunInfo(cfg, files.out, files.info) if files is not None else RunInfo(cfg, None)
     return Loop(cfg, files, hooks, run, data, regions, oracle, strategy, models, ensemble(models),
                 [copy.deepcopy(m.state_dict()) for m in models], where, tensors,
-                None if costs is None else torch.from_numpy(costs).to(device), Pool.empty(n, h, w, c), generator, rng)
+                None if costs is None else torch.from_numpy(costs).to(device), Pool.empty(n, h, w, c), generator, train_generator, rng)
 
 
 def _ask(loop: Loop, cycle: int) -> tuple[Selection | None, float]:
@@ -211,7 +218,7 @@ def _ask(loop: Loop, cycle: int) -> tuple[Selection | None, float]:
     go_on = full or chosen is None or len(chosen) > 0  # rank 0's says
     if main and go_on:
         spent = _reveal(loop, cycle, chosen, full)
-    if not distributed.share_pool(loop.pool, loop.generator, go_on):
+    if not distributed.share_pool(loop.pool, loop.generators, go_on):
         return None, 0.0
     query_s = time.perf_counter() - t0
     if not main:
@@ -260,14 +267,14 @@ def _train(loop: Loop, cycle: int) -> int:
             targets = sieve(model, images, targets, loop.regions, loop.cfg.train.eval_batch_size)
         if loop.cfg.train.reinit:
             model.load_state_dict(weights)
-        steps = train_cycle(model, images, loop.placement.put(targets), loop.cfg.train, loop.generator,
+        steps = train_cycle(model, images, loop.placement.put(targets), loop.cfg.train, loop.train_generator,
                             cycle, report=report, teacher=teacher, label_sets=label_sets)
         if stage2:  # Hwang et al.'s stage 2: train again on the prototypes' pixel labels
             pseudo = prototype_labels(model, images, loop.pool.revealed, label_sets, loop.regions,
                                       loop.cfg.train.eval_batch_size)
             if loop.cfg.train.reinit:
                 model.load_state_dict(weights)
-            steps += train_cycle(model, images, loop.placement.put(pseudo), loop.cfg.train, loop.generator, cycle,
+            steps += train_cycle(model, images, loop.placement.put(pseudo), loop.cfg.train, loop.train_generator, cycle,
                                  report=report,
                                  teacher=teacher)
     return steps
@@ -278,7 +285,7 @@ def _save_cycle(loop: Loop, cycle: int, chosen: Selection, rows: list[dict]) -> 
     files, cfg = loop.files, loop.cfg
     files.write_metrics(rows)
     loop.regions.save(files.state, cycle)  # before the state that points at it
-    files.save_state(cycle, loop.pool, loop.models, loop.generator, loop.rng)
+    files.save_state(cycle, loop.pool, loop.models, loop.generators, loop.rng)
     if cfg.save_model == "every":
         files.copy_model(cycle, files.out / "checkpoints" / f"cycle_{cycle:02d}.pt")
     save_query_overlay(files.out / "queries" / f"cycle_{cycle:02d}.png", loop.data.train.images, loop.pool.revealed,
@@ -320,9 +327,15 @@ def _build_models(cfg: DictConfig, strategy, num_classes: int, device: torch.dev
         return [build_model(cfg.model, num_classes).to(device)]
     models = []
     for m in range(members):
-        torch.manual_seed(int(cfg.seed) + 1000 * m)
+        torch.manual_seed(_training_seed(cfg) + 1000 * m)
         models.append(build_model(cfg.model, num_classes).to(device))
     return models
+
+
+def _training_seed(cfg: DictConfig) -> int:
+    """What seeds the initial weights, the batches, the augmentation and the dropout masks:
+    `train.seed`, or `seed` when it is null (then one stream serves selection and training)."""
+    return int(cfg.seed if cfg.train.get("seed") is None else cfg.train.seed)
 
 
 def _query(loop: Loop, cycle: int) -> Selection | None:

@@ -142,9 +142,9 @@ class RunFiles:
                 raise Refused(f"cannot resume {self.out}: the data differ from those it was built on "
                               f"(dataset.root was {root}): {', '.join(diff)}; point dataset.root at that data")
 
-    def restore(self, pool: Pool, models: list, generator: torch.Generator, rng: np.random.Generator) -> None:
+    def restore(self, pool: Pool, models: list, generators: dict[str, torch.Generator], rng: np.random.Generator) -> None:
         """Load the state `prepare` read into a fresh pool, models and generators."""
-        restore(self.saved, pool, models, generator, rng)
+        restore(self.saved, pool, models, generators, rng)
 
     def write_metrics(self, rows: list[dict]) -> None:
         self.own()
@@ -181,10 +181,11 @@ class RunFiles:
         fig.tight_layout()
         atomic_write(self.out / "curve.png", lambda f: fig.savefig(f, format="png", dpi=100))
 
-    def save_state(self, cycle: int, pool: Pool, models: list, generator: torch.Generator, rng: np.random.Generator) -> None:
+    def save_state(self, cycle: int, pool: Pool, models: list, generators: dict[str, torch.Generator],
+                   rng: np.random.Generator) -> None:
         self.own()
         config = OmegaConf.to_container(self.cfg, resolve=True)
-        save_state(self.state, cycle, pool, models, generator, rng, config, self.data)
+        save_state(self.state, cycle, pool, models, generators, rng, config, self.data)
 
     def copy_model(self, cycle: int, target: Path) -> None:
         """Keep the weights trained in `cycle` as `target` (for save_model=last|every); the other

@@ -31,7 +31,7 @@ RESUME_FREE_KEYS = set(RESULT_NEUTRAL_KEYS)
 # config has that value. A key added to conf/ is added here too (tests/test_rundir.py checks).
 ADDED_KEYS = {
     "annotation.sieve": False, "callbacks": (), "dataset.eval_size": "working", "devices": 1,
-    "strategy.modifiers": (), "train.ema": None, "train.ensemble": 1, "train.semi": "none",
+    "strategy.modifiers": (), "train.ema": None, "train.ensemble": 1, "train.seed": None, "train.semi": "none",
     "train.pseudo_threshold": 0.95, "train.pseudo_weight": 1.0,
 }
 META_KEYS = ("cycle", "clicks", "regions", "numpy_rng")
@@ -57,7 +57,7 @@ class SavedState:
 
 
 @uninterrupted()  # a signal meanwhile stops the run after the whole state is saved
-def save_state(state: Path, cycle: int, pool: Pool, models: list, generator: torch.Generator,
+def save_state(state: Path, cycle: int, pool: Pool, models: list, generators: dict[str, torch.Generator],
                rng: np.random.Generator, config: dict, data: dict | None) -> None:
     """State of a completed cycle in its own folder; `latest.json`, written last and
     atomically, points at it, so a kill at any moment leaves a consistent state. The previous
@@ -68,9 +68,10 @@ def save_state(state: Path, cycle: int, pool: Pool, models: list, generator: tor
     pool.save(folder, {"cycle": cycle, "numpy_rng": rng.bit_generator.state, "config": config, "data": data})
     for name, model in zip(_weight_files(len(models)), models):
         atomic_write(folder / name, lambda f, model=model: torch.save(model.state_dict(), f))
-    # every generator the run draws from: its own (CPU), torch's global CPU one and, for dropout
-    # on a GPU, each GPU's (the run's device generators are seeded from its own)
-    rng_states = {"generator": generator.get_state(), "global": torch.get_rng_state(),
+    # every generator the run draws from: its own (CPU; the selection's and the training's, see
+    # train.seed), torch's global CPU one and, for dropout on a GPU, each GPU's (the run's device
+    # generators are seeded from its own)
+    rng_states = {**{name: g.get_state() for name, g in generators.items()}, "global": torch.get_rng_state(),
                   "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []}
     atomic_write(folder / "torch_rng.pt", lambda f: torch.save(rng_states, f))
     latest = {"cycle": cycle, "config": config, "data": data}
@@ -103,7 +104,8 @@ def load_state(out: Path, cycle: int | None = None) -> SavedState:
         raise Refused(f"cannot resume {out}: {exc}; {_fallback(out, cycle)}") from None
 
 
-def restore(saved: SavedState, pool: Pool, models: list, generator: torch.Generator, rng: np.random.Generator) -> None:
+def restore(saved: SavedState, pool: Pool, models: list, generators: dict[str, torch.Generator],
+            rng: np.random.Generator) -> None:
     """Put the loaded state into a fresh pool, models and generators."""
     folder = f"state/cycle_{saved.cycle:02d}"
     if saved.revealed.shape != pool.revealed.shape:
@@ -116,7 +118,8 @@ def restore(saved: SavedState, pool: Pool, models: list, generator: torch.Genera
     pool.sets = saved.label_sets
     pool.clicks, pool.regions = saved.meta["clicks"], saved.meta["regions"]
     rng.bit_generator.state = saved.meta["numpy_rng"]
-    generator.set_state(saved.torch_rng["generator"])
+    for name, generator in generators.items():  # a state saved before train.seed has "generator" only
+        generator.set_state(saved.torch_rng.get(name, saved.torch_rng["generator"]))
     torch.set_rng_state(saved.torch_rng["global"])
     if saved.torch_rng.get("cuda") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(saved.torch_rng["cuda"])

@@ -8,8 +8,9 @@
 #             and full supervision (450 steps, and 2250: what the last fine-tuned cycle has had)
 #   seeds:    seeds 5-9 of random, margin, margin + top 5%, power margin, BALD and entropy (10
 #             seeds where the 5-seed interval was wider than +-1)
-#   variance: random only, protocol variants tried to lower its seed std (OUT_DIR/variance), and
-#             margin with the 5-network ensemble (OUT_DIR/ens5)
+#   variance: random only, protocol variants tried to lower its seed std (OUT_DIR/variance),
+#             margin with the 5-network ensemble (OUT_DIR/ens5), and the training seed apart
+#             from the selection's (train.seed, OUT_DIR/variance/decomp)
 # Then: alseg plot OUT_DIR/... --baseline random --out docs/results/... (see docs/results.md)
 set -uo pipefail
 PART=${1:-all}
@@ -107,6 +108,16 @@ if [[ $PART == variance || $PART == all ]]; then
     # random, then margin for the paired difference (OUT_DIR/ens5)
     mkdir -p "$OUT/ens5"
     queue "variance/ens5_a|strategy=random train.ensemble=5 seed=0,1,2" "ens5/margin_a|strategy=margin train.ensemble=5 seed=0" &
-    queue "variance/ens5_b|strategy=random train.ensemble=5 seed=3,4" "ens5/margin_b|strategy=margin train.ensemble=5 seed=2,3" &
+    queue "variance/ens5_b|strategy=random train.ensemble=5 seed=3,4" "ens5/margin_b|strategy=margin train.ensemble=5 seed=2,3" \
+          "ens5/margin_b4|strategy=margin train.ensemble=5 seed=4" &
+    wait
+    queue "ens5/margin_a1|strategy=margin train.ensemble=5 seed=1"
+    # where the spread comes from (train.seed): the same labels (seed=0) with training seeds
+    # 0-4, then training seed 0 with selection seeds 1-4
+    mkdir -p "$OUT/variance/decomp"
+    queue "variance/decomp/train0|strategy=random seed=0 train.seed=0" "variance/decomp/train2|strategy=random seed=0 train.seed=2" \
+          "variance/decomp/train4|strategy=random seed=0 train.seed=4" &
+    queue "variance/decomp/train1|strategy=random seed=0 train.seed=1" "variance/decomp/train3|strategy=random seed=0 train.seed=3" \
+          "variance/decomp/select14|strategy=random seed=1,2,3,4 train.seed=0" &
     wait
 fi

@@ -136,7 +136,7 @@ def share_state(cfg) -> list:
     if distributed.rank() == 0:
         pool.reveal_sets(0, (np.array([0, 0]), np.array([0, 1])), np.array([[True, True, False]]), np.zeros(2, int))
     torch.nn.init.constant_(model.weight, float(distributed.rank() == 0))
-    distributed.share_pool(pool, torch.Generator(), True)
+    distributed.share_pool(pool, {"generator": torch.Generator()}, True)
     distributed.same_weights(model)
     table = pool.label_table()
     ok = table is not None and pool.revealed[0, 0, 1] == 3 and bool(table[0, 3, :2].all()) and bool((model.weight == 1).all())

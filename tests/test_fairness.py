@@ -11,7 +11,7 @@ import torch
 from omegaconf import OmegaConf
 from scipy import stats
 
-from alseg import selection
+from alseg import experiment, selection
 from alseg.errors import AlsegError
 from alseg.experiment import run
 from alseg.model import Segmenter, mc_passes
@@ -82,6 +82,35 @@ def test_cycle_zero_of_random_and_bald_trains_the_same_network(make_cfg, tmp_pat
     weights = [torch.load(tmp_path / name / "model.pt") for name in ("random", "bald")]
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def _first_training(make_cfg, out, monkeypatch, *overrides) -> tuple[list, dict, torch.Tensor, pd.Series]:
+    """A random run's selections, its weights and training generator as cycle 0's training
+    starts, and its mIoU per cycle."""
+    seen = []
+
+    def train_cycle_(model, images, targets, cfg, generator, *args, **kwargs):
+        seen.append(({k: v.clone() for k, v in model.state_dict().items()}, generator.get_state()))
+        return train_cycle(model, images, targets, cfg, generator, *args, **kwargs)
+
+    monkeypatch.setattr(experiment, "train_cycle", train_cycle_)
+    run(make_cfg("strategy=random", "budget.cycles=2", "train.epochs=1", *overrides), out)
+    return load_selections(out), *seen[0], pd.read_csv(out / "metrics.csv")["miou"]
+
+
+def test_train_seed_varies_the_training_apart_from_the_selection(make_cfg, tmp_path, monkeypatch):
+    base = _first_training(make_cfg, tmp_path / "base", monkeypatch, "seed=0", "train.seed=5")
+    other_training = _first_training(make_cfg, tmp_path / "training", monkeypatch, "seed=0", "train.seed=6")
+    other_labels = _first_training(make_cfg, tmp_path / "labels", monkeypatch, "seed=1", "train.seed=5")
+    asks = lambda a, b: all(np.array_equal(x, y) for p, q in zip(a, b) for x, y in zip(p, q))  # noqa: E731
+    same = lambda a, b: all(torch.equal(a[k], b[k]) for k in a)  # noqa: E731
+    # another training seed: the same pixels asked in every cycle, other weights, batches and results
+    assert asks(base[0], other_training[0])
+    assert not same(base[1], other_training[1]) and not torch.equal(base[2], other_training[2])
+    assert not base[3].equals(other_training[3])
+    # another selection seed: other pixels, the same initial weights and training stream
+    assert not asks(base[0][:1], other_labels[0][:1])
+    assert same(base[1], other_labels[1]) and torch.equal(base[2], other_labels[2])
 
 
 def test_iterations_train_the_same_number_of_steps_however_the_labels_are_spread():

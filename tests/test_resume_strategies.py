@@ -21,7 +21,7 @@ class StopAfterCycle(Callback):
 
 
 @pytest.mark.parametrize("strategy", [["strategy=coreset"], ["strategy=bald", "strategy.passes=3"],
-                                      ["strategy=margin", "train.ensemble=2"]])
+                                      ["strategy=margin", "train.ensemble=2"], ["strategy=random", "train.seed=7"]])
 def test_stop_and_resume_gives_the_uninterrupted_metrics(make_cfg, tmp_path, monkeypatch, strategy):
     overrides = [*strategy, "callbacks=[test_resume_strategies.StopAfterCycle]", "budget.cycles=2", "train.epochs=1"]
     run(make_cfg(*overrides), tmp_path / "whole")
