@@ -156,7 +156,7 @@ SCHEMA: dict[str, dict[str, Accepts]] = {
               "_target_": _target("a function returning a torch.nn.Module, e.g. model._target_=my_pkg.my_module.make_model")},
     "train": {"name": TEXT, "epochs": nullable(integer(1)), "iterations": nullable(integer(1)), "batch_size": integer(1),
               "optimizer": choice("adam", "sgd"), "lr": number("(0, inf)"), "encoder_lr": nullable(number("(0, inf)")),
-              "momentum": number("[0, 1)"), "weight_decay": number("[0, inf)"), "schedule": choice("constant", "step", "poly"),
+              "momentum": number("[0, 1)"), "weight_decay": number("[0, inf)"), "schedule": choice("constant", "step", "poly", "cosine"),
               "milestones": Accepts("a list of integers >= 1", lambda v: isinstance(v, list) and all(_is_int(x) and x >= 1 for x in v)),
               "gamma": number("(0, inf)"), "reinit": FLAG, "ema": nullable(number("(0, 1)")), "ensemble": integer(1), "seed": nullable(integer(0)),
               "semi": choice("none", "pseudo_label"), "pseudo_threshold": number("[0, 1]"), "pseudo_weight": number("[0, inf)"), "eval_batch_size": integer(1), "augment.hflip": FLAG,

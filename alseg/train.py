@@ -248,7 +248,8 @@ def make_optimiser(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
 
 def make_schedule(optimiser: torch.optim.Optimizer, cfg, steps: int, per_epoch: int):
     """`train.schedule`: constant | step (x gamma at train.milestones: epochs, scaled by the
-    batches per epoch, or steps when train.iterations is set) | poly ((1 - step/steps) ** 0.9)."""
+    batches per epoch, or steps when train.iterations is set) | poly ((1 - step/steps) ** 0.9) |
+    cosine ((1 + cos(pi step/steps)) / 2)."""
     per_epoch = 1 if cfg.get("iterations") else per_epoch
     if cfg.schedule == "constant":
         return torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: 1.0)
@@ -257,7 +258,9 @@ def make_schedule(optimiser: torch.optim.Optimizer, cfg, steps: int, per_epoch: 
         return torch.optim.lr_scheduler.MultiStepLR(optimiser, milestones, gamma=cfg.gamma)
     if cfg.schedule == "poly":
         return torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: (1 - min(step, steps - 1) / steps) ** 0.9)
-    raise AlsegError(f"train.schedule must be constant, step or poly, got {cfg.schedule!r}")
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=steps)
+    raise AlsegError(f"train.schedule must be constant, step, poly or cosine, got {cfg.schedule!r}")
 
 
 @torch.inference_mode()

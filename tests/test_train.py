@@ -1,3 +1,6 @@
+import math
+
+import pytest
 import torch
 from omegaconf import OmegaConf
 
@@ -49,6 +52,19 @@ def test_encoder_learning_rate_and_step_schedule():
         opt.step()
         schedule.step()
     assert all(abs(a - b) < 1e-12 for a, b in zip(lrs, [1e-3] * 4 + [1e-4] * 2))
+
+
+def test_poly_and_cosine_schedules_decay_from_the_learning_rate_over_the_cycle_steps():
+    for name, factor in [("poly", lambda s: (1 - s / 8) ** 0.9), ("cosine", lambda s: (1 + math.cos(math.pi * s / 8)) / 2)]:
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+        schedule = make_schedule(opt, OmegaConf.create({"schedule": name, "iterations": 8}), steps=8, per_epoch=1)
+        lrs = []
+        for _ in range(8):
+            lrs.append(opt.param_groups[0]["lr"])
+            opt.step()
+            schedule.step()
+        assert lrs == pytest.approx([0.1 * factor(s) for s in range(8)], abs=1e-12), name
+        assert lrs[-1] > 0
 
 
 def test_weight_average_follows_the_warmed_up_decay_and_loads_into_the_model():
