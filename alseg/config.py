@@ -30,6 +30,15 @@ def _result_neutral_keys() -> tuple[str, ...]:
 
 
 RESULT_NEUTRAL_KEYS = _result_neutral_keys()
+# Keys added since runs were first saved as today (6436b09), each with the value that reproduces
+# how alseg ran before it existed: a run saved without one resumes when the current config has
+# that value, and `alseg plot` groups it with runs that set it so. A key added to conf/ is added
+# here too (tests/test_rundir.py checks).
+ADDED_KEYS = {
+    "annotation.sieve": False, "callbacks": (), "dataset.eval_size": "working", "devices": 1,
+    "strategy.modifiers": (), "train.ema": None, "train.ensemble": 1, "train.seed": None, "train.semi": "none",
+    "train.pseudo_threshold": 0.95, "train.pseudo_weight": 1.0,
+}
 
 
 @dataclass(frozen=True)

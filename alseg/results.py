@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from alseg.config import RESULT_NEUTRAL_KEYS
+from alseg.config import ADDED_KEYS, RESULT_NEUTRAL_KEYS
 
 REQUIRED_COLUMNS = ("cycle", "clicks", "miou")  # a metrics.csv row without them is unusable
 IGNORED_KEYS = ("seed", *RESULT_NEUTRAL_KEYS)  # seeds are averaged over
@@ -151,6 +151,8 @@ def read_run(run_dir: Path, include_incomplete: bool = False) -> pd.DataFrame:
     metrics = read_metrics(run_dir)
 
     config = flatten_config(summary.get("config") or {})
+    if config:  # a run made before a key existed ran as that key's ADDED_KEYS value
+        config = {**ADDED_KEYS, **config}
     for group in SUMMARY_GROUPS:
         if group in summary:
             config.setdefault(f"{group}.name", summary[group])

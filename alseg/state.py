@@ -19,21 +19,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from alseg.config import RESULT_NEUTRAL_KEYS
+from alseg.config import ADDED_KEYS, RESULT_NEUTRAL_KEYS
 from alseg.errors import AlsegError, Refused, uninterrupted
 from alseg.pool import Pool, atomic_write
 from alseg.results import flatten_config
 
 # Keys that may change between a run and its resumption without changing its results.
 RESUME_FREE_KEYS = set(RESULT_NEUTRAL_KEYS)
-# Keys added since runs were first saved in this format (6436b09), each with the value that
-# reproduces how alseg ran before it existed: a run saved without one resumes when the current
-# config has that value. A key added to conf/ is added here too (tests/test_rundir.py checks).
-ADDED_KEYS = {
-    "annotation.sieve": False, "callbacks": (), "dataset.eval_size": "working", "devices": 1,
-    "strategy.modifiers": (), "train.ema": None, "train.ensemble": 1, "train.seed": None, "train.semi": "none",
-    "train.pseudo_threshold": 0.95, "train.pseudo_weight": 1.0,
-}
 META_KEYS = ("cycle", "clicks", "regions", "numpy_rng")
 
 

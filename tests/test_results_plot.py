@@ -135,6 +135,21 @@ def test_groups_from_differing_config(tmp_path):
     assert sorted(results.group_label(rows.iloc[0], keys) for _, rows in found) == ["entropy", "margin"]
 
 
+def test_a_run_made_before_a_key_existed_groups_with_runs_that_give_it_the_old_value(tmp_path):
+    make_run(tmp_path, "old", seed=0)  # its config predates train.ensemble and train.ema
+    for name, seed, ensemble in [("new", 1, 1), ("ensemble", 0, 5)]:
+        run = make_run(tmp_path, name, seed=seed) / "summary.json"
+        summary = json.loads(run.read_text())
+        summary["config"]["train"].update(ensemble=ensemble, ema=None)
+        run.write_text(json.dumps(summary))
+    df = quiet_load(tmp_path)
+    keys = results.differing_keys(df)
+    assert keys == ["train.ensemble"]
+    found = {results.group_label(rows.iloc[0], keys): sorted(rows["run_dir"].map(lambda p: p.split("/")[-1]).unique())
+             for _, rows in results.groups(df, keys)}
+    assert found == {"ensemble=1": ["new", "old"], "ensemble=5": ["ensemble"]}
+
+
 def test_differing_keys_strategy_first(tmp_path):
     make_run(tmp_path, "a", strategy="margin")
     make_run(tmp_path, "b", strategy="entropy", class_balance=True)

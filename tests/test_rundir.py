@@ -28,7 +28,8 @@ from alseg.experiment import run
 from alseg.pool import atomic_write
 from alseg.results import flatten_config
 from alseg.rundir import DirLock, RunFiles
-from alseg.state import ADDED_KEYS, RESUME_FREE_KEYS
+from alseg.config import ADDED_KEYS
+from alseg.state import RESUME_FREE_KEYS
 from conftest import TINY
 from test_folder import NAMES, make_folder
 
@@ -291,7 +292,7 @@ def test_every_key_added_since_the_state_format_says_how_older_runs_ran():
         added = ours - set(keys) - RESUME_FREE_KEYS - set(ADDED_KEYS)
         if added:
             unsaid[option] = sorted(added)
-    assert not unsaid, f"add these to alseg.state.ADDED_KEYS: {unsaid}"
+    assert not unsaid, f"add these to alseg.config.ADDED_KEYS: {unsaid}"
 
 
 # ---- writes the disk refuses --------------------------------------------------------------------
