@@ -112,6 +112,19 @@ if [[ $PART == variance || $PART == all ]]; then
           "ens5/margin_b4|strategy=margin train.ensemble=5 seed=4" &
     wait
     queue "ens5/margin_a1|strategy=margin train.ensemble=5 seed=1"
+    # seeds 5-9 of batch 32 (steadiest with 5 seeds), a cosine schedule (and its seeds 5-9), one
+    # pixel per image per cycle, and seeds 2-4 of 900 steps
+    queue "variance/b32_c|strategy=random train.batch_size=32 seed=5,7,9" \
+          "variance/cos_a|strategy=random train.schedule=cosine seed=0,2,4" \
+          "variance/px1_a|strategy=random budget.initial=1 budget.per_cycle=1 seed=0,2,4" \
+          "variance/it900_c|strategy=random train.iterations=900 seed=3" \
+          "variance/cos_d|strategy=random train.schedule=cosine seed=6,8" &
+    queue "variance/b32_d|strategy=random train.batch_size=32 seed=6,8" \
+          "variance/cos_b|strategy=random train.schedule=cosine seed=1,3" \
+          "variance/px1_b|strategy=random budget.initial=1 budget.per_cycle=1 seed=1,3" \
+          "variance/it900_b|strategy=random train.iterations=900 seed=2,4" \
+          "variance/cos_c|strategy=random train.schedule=cosine seed=5,7,9" &
+    wait
     # where the spread comes from (train.seed): the same labels (seed=0) with training seeds
     # 0-4, then training seed 0 with selection seeds 1-4
     mkdir -p "$OUT/variance/decomp"
