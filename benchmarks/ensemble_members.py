@@ -22,17 +22,20 @@ from alseg.train import evaluate
 def main(runs: list[str]) -> None:
     for run in map(Path, runs):
         cycles = sorted(int(folder.name.split("_")[1]) for folder in (run / "state").glob("cycle_*"))
-        data = None
-        for cycle in cycles:
-            saved = load_state(run, cycle)  # checked, members in order: model.pt, member_1.pt, ...
-            cfg = OmegaConf.create(saved.config)
-            data = data or load_dataset(cfg.dataset)
+        states = [load_state(run, cycle) for cycle in cycles]  # checked, members in order: model.pt, member_1.pt, ...
+        cfg = OmegaConf.create(states[-1].config)
+        data = load_dataset(cfg.dataset)
+        truth = [torch.from_numpy(a) for a in (data.val.images, data.val.labels)]  # the split a run evaluates
+
+        def score(model):
+            return miou(evaluate(model, *truth, data.num_classes, cfg.train.eval_batch_size, data.val.native))
+
+        for cycle, saved in zip(cycles, states):
             members = [build_model(cfg.model, data.num_classes) for _ in saved.weights]
             for member, (_, weights) in zip(members, saved.weights):
                 member.load_state_dict(weights)
-            truth = [torch.from_numpy(a) for a in (data.val.images, data.val.labels)]  # the split a run evaluates
-            each = [miou(evaluate(m, *truth, data.num_classes, 32, data.val.native)) for m in members]
-            whole = miou(evaluate(ensemble(members), *truth, data.num_classes, 32, data.val.native))
+            each = [score(m) for m in members]
+            whole = score(ensemble(members))
             print(f"{run.name} cycle_{cycle:02d}: members {', '.join(f'{v:.1f}' for v in each)} "
                   f"(mean {sum(each) / len(each):.1f}), ensemble {whole:.1f}")
 

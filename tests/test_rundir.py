@@ -23,12 +23,12 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from alseg import pool as pool_module
+from alseg.config import ADDED_KEYS
 from alseg.errors import AlsegError, Refused
 from alseg.experiment import run
 from alseg.pool import atomic_write
 from alseg.results import flatten_config
 from alseg.rundir import DirLock, RunFiles
-from alseg.config import ADDED_KEYS
 from alseg.state import RESUME_FREE_KEYS
 from conftest import TINY
 from test_folder import NAMES, make_folder
