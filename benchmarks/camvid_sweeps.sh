@@ -2,8 +2,11 @@
 # The CamVid sweeps behind docs/results.md: protocol experiment=cpu_camvid, paired by seed (runs
 # of one seed share cycle 0 and the initial weights). Two queues of sweeps run side by side,
 # one run at a time each with one thread (2 cores).
-# Usage: benchmarks/camvid_sweeps.sh [protocol|main|seeds|variance|all] [CAMVID_ROOT] [OUT_DIR]
+# Usage: benchmarks/camvid_sweeps.sh [protocol|scratch|main|seeds|variance|all] [CAMVID_ROOT] [OUT_DIR]
 #   protocol: random and top-k margin, each from scratch and fine-tuned (train.reinit), seeds 0-2
+#   scratch:  the paired table as shipped (from scratch every cycle, OUT_DIR/scratch10): seeds 0-9
+#             of random and margin, seeds 0-4 of the other strategies, full supervision
+#   The parts below are the fine-tuned protocol (train.reinit=false, cpu_camvid's default before):
 #   main:     the paired table's other strategies (seeds 0-4), seeds 3-4 of random and margin,
 #             and full supervision (450 steps, and 2250: what the last fine-tuned cycle has had)
 #   seeds:    seeds 5-9 of random, margin, margin + top 5%, power margin, BALD and entropy (10
@@ -35,6 +38,22 @@ if [[ $PART == protocol || $PART == all ]]; then
     # one sweep, two runs at a time; its fine-tuned runs are the table's random and margin
     queue "reinit|hydra/launcher=joblib hydra.launcher.n_jobs=2 seed=0,1,2 train.reinit=true,false strategy=random,margin"
 fi
+if [[ $PART == scratch || $PART == all ]]; then
+    mkdir -p "$OUT/scratch10"
+    queue "scratch10/random_a|strategy=random seed=0,1,2,3,4" "scratch10/margin_a|strategy=margin seed=0,1,2,3,4" \
+          "scratch10/top5|strategy=margin strategy.top_percent=0.05 seed=0,1,2" \
+          "scratch10/power_margin|strategy=margin strategy.sampling=power seed=0,1,2" "scratch10/bald_a|strategy=bald seed=0,1" \
+          "scratch10/full|budget=full seed=0" \
+          "scratch10/top5_s34|strategy=margin strategy.top_percent=0.05 seed=3,4" \
+          "scratch10/power_margin_s34|strategy=margin strategy.sampling=power seed=3,4" &
+    queue "scratch10/random_b|strategy=random seed=5,6,7,8,9" "scratch10/margin_b|strategy=margin seed=5,6,7,8,9" \
+          "scratch10/entropy|strategy=entropy seed=0,1,2" \
+          "scratch10/power_entropy|strategy=entropy strategy.sampling=power seed=0,1,2" "scratch10/bald_b|strategy=bald seed=2" \
+          "scratch10/entropy_s34|strategy=entropy seed=3,4" \
+          "scratch10/power_entropy_s34|strategy=entropy strategy.sampling=power seed=3,4" "scratch10/bald_s34|strategy=bald seed=3,4" &
+    wait
+fi
+COMMON+=(train.reinit=false)  # the fine-tuned protocol from here on
 if [[ $PART == main || $PART == all ]]; then
     queue "power_margin|strategy=margin strategy.sampling=power seed=0,1,2" \
           "top5|strategy=margin strategy.top_percent=0.05 seed=0,1,2" \
