@@ -2,11 +2,12 @@
 # The CamVid sweeps behind docs/results.md: protocol experiment=cpu_camvid, paired by seed (runs
 # of one seed share cycle 0 and the initial weights). Two queues of sweeps run side by side,
 # one run at a time each with one thread (2 cores).
-# Usage: benchmarks/camvid_sweeps.sh [protocol|scratch|main|seeds|variance|all] [CAMVID_ROOT] [OUT_DIR]
+# Usage: benchmarks/camvid_sweeps.sh [protocol|scratch|scratch_cosine|main|seeds|variance|all] [CAMVID_ROOT] [OUT_DIR]
 #   protocol: random and top-k margin, each from scratch and fine-tuned (train.reinit), seeds 0-2
 #   scratch:  the paired table as shipped (from scratch every cycle, OUT_DIR/scratch10): seeds 0-9
-#             of random, margin, margin + top 5%, power margin and power entropy, seeds 0-4 of
-#             entropy and BALD, full supervision
+#             of random, margin, margin + top 5%, power margin, power entropy, entropy and BALD,
+#             full supervision
+#   scratch_cosine: random as shipped but with the cosine schedule (seeds 0-9, OUT_DIR/variance)
 #   The parts below are the fine-tuned protocol (train.reinit=false, cpu_camvid's default before):
 #   main:     the paired table's other strategies (seeds 0-4), seeds 3-4 of random and margin,
 #             and full supervision (450 steps, and 2250: what the last fine-tuned cycle has had)
@@ -48,14 +49,22 @@ if [[ $PART == scratch || $PART == all ]]; then
           "scratch10/top5_s34|strategy=margin strategy.top_percent=0.05 seed=3,4" \
           "scratch10/power_margin_s34|strategy=margin strategy.sampling=power seed=3,4" \
           "scratch10/top5_s59|strategy=margin strategy.top_percent=0.05 seed=5,6,7,8,9" \
-          "scratch10/power_entropy_s57|strategy=entropy strategy.sampling=power seed=5,6,7" &
+          "scratch10/power_entropy_s57|strategy=entropy strategy.sampling=power seed=5,6,7" \
+          "scratch10/entropy_s59|strategy=entropy seed=5,6,7,8,9" &
     queue "scratch10/random_b|strategy=random seed=5,6,7,8,9" "scratch10/margin_b|strategy=margin seed=5,6,7,8,9" \
           "scratch10/entropy|strategy=entropy seed=0,1,2" \
           "scratch10/power_entropy|strategy=entropy strategy.sampling=power seed=0,1,2" "scratch10/bald_b|strategy=bald seed=2" \
           "scratch10/entropy_s34|strategy=entropy seed=3,4" \
           "scratch10/power_entropy_s34|strategy=entropy strategy.sampling=power seed=3,4" "scratch10/bald_s34|strategy=bald seed=3,4" \
           "scratch10/power_margin_s59|strategy=margin strategy.sampling=power seed=5,6,7,8,9" \
-          "scratch10/power_entropy_s89|strategy=entropy strategy.sampling=power seed=8,9" &
+          "scratch10/power_entropy_s89|strategy=entropy strategy.sampling=power seed=8,9" \
+          "scratch10/bald_s59|strategy=bald seed=5,6,7,8,9" &
+    wait
+fi
+if [[ $PART == scratch_cosine || $PART == all ]]; then
+    mkdir -p "$OUT/variance"
+    queue "variance/scratch_cosine_a|strategy=random train.schedule=cosine seed=0,1,2,3,4" &
+    queue "variance/scratch_cosine_b|strategy=random train.schedule=cosine seed=5,6,7,8,9" &
     wait
 fi
 COMMON+=(train.reinit=false)  # the fine-tuned protocol from here on
