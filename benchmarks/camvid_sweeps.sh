@@ -2,12 +2,13 @@
 # The CamVid sweeps behind docs/results.md: protocol experiment=cpu_camvid, paired by seed (runs
 # of one seed share cycle 0 and the initial weights). Two queues of sweeps run side by side,
 # one run at a time each with one thread (2 cores).
-# Usage: benchmarks/camvid_sweeps.sh [protocol|scratch|scratch_cosine|main|seeds|variance|all] [CAMVID_ROOT] [OUT_DIR]
+# Usage: benchmarks/camvid_sweeps.sh [protocol|scratch|scratch_variance|main|seeds|variance|all] [CAMVID_ROOT] [OUT_DIR]
 #   protocol: random and top-k margin, each from scratch and fine-tuned (train.reinit), seeds 0-2
 #   scratch:  the paired table as shipped (from scratch every cycle, OUT_DIR/scratch10): seeds 0-9
 #             of random, margin, margin + top 5%, power margin, power entropy, entropy and BALD,
 #             full supervision
-#   scratch_cosine: random as shipped but with the cosine schedule (seeds 0-9, OUT_DIR/variance)
+#   scratch_variance: random as shipped but with the cosine schedule (seeds 0-9, OUT_DIR/variance),
+#             and the training seed apart from the selection's (OUT_DIR/variance/scratch_decomp)
 #   The parts below are the fine-tuned protocol (train.reinit=false, cpu_camvid's default before):
 #   main:     the paired table's other strategies (seeds 0-4), seeds 3-4 of random and margin,
 #             and full supervision (450 steps, and 2250: what the last fine-tuned cycle has had)
@@ -61,10 +62,13 @@ if [[ $PART == scratch || $PART == all ]]; then
           "scratch10/bald_s59|strategy=bald seed=5,6,7,8,9" &
     wait
 fi
-if [[ $PART == scratch_cosine || $PART == all ]]; then
-    mkdir -p "$OUT/variance"
+if [[ $PART == scratch_variance || $PART == all ]]; then
+    mkdir -p "$OUT/variance/scratch_decomp"
     queue "variance/scratch_cosine_a|strategy=random train.schedule=cosine seed=0,1,2,3,4" &
     queue "variance/scratch_cosine_b|strategy=random train.schedule=cosine seed=5,6,7,8,9" &
+    wait
+    queue "variance/scratch_decomp/train|strategy=random seed=0 train.seed=0,1,2,3,4" &
+    queue "variance/scratch_decomp/select14|strategy=random seed=1,2,3,4 train.seed=0" &
     wait
 fi
 COMMON+=(train.reinit=false)  # the fine-tuned protocol from here on
