@@ -409,6 +409,12 @@ def make_plots(args: argparse.Namespace) -> None:
     for line in skipped:
         print(f"alseg plot: left out {line}")
     al = found[~is_full(found)]
+    if al.empty and len(found):
+        final = found.sort_values("cycle").groupby("run_dir")["miou"].last()
+        raise AlsegError(f"only fully supervised runs (budget=full) under {', '.join(args.paths)}: "
+                         f"{plural(len(final), 'run')}, final mIoU {fmt(final.mean(), final.std(), len(final))}"
+                         f" (min {final.min():.1f}, max {final.max():.1f}); alseg plot draws them as the "
+                         "reference of AL runs: give folders of AL runs beside them")
     if al.empty:
         raise AlsegError(f"no usable runs found under: {', '.join(args.paths)}; give folders that "
                          "hold completed runs (metrics.csv and summary.json)")

@@ -304,6 +304,15 @@ def test_main_without_runs_returns_2(tmp_path, capsys):
     assert "Traceback" not in err
 
 
+def test_main_with_only_full_runs_names_them(tmp_path, capsys):
+    make_run(tmp_path, "full0", budget="full", seed=0, miou=(78,), clicks=(9999,))
+    make_run(tmp_path, "full1", budget="full", seed=1, miou=(82,), clicks=(9999,))
+    assert plot.main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "only fully supervised runs" in err and "2 runs, final mIoU 80.0 ± 2.8" in err
+    assert "min 78.0, max 82.0" in err and "Traceback" not in err
+
+
 # --------------------------------------------------------------------------- robust loading
 
 def test_metric_columns_never_group(tmp_path):
