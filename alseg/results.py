@@ -60,13 +60,21 @@ class Unusable(Exception):
     """A run that cannot count; the message names its file (or folder) and says why."""
 
 
+RUN_FILES = ("metrics.csv", "summary.json")
+
+
 def find_run_dirs(*paths) -> list[Path]:
-    """Directories below (or equal to) ``paths`` holding metrics.csv or summary.json."""
+    """Directories below (or equal to) ``paths`` holding metrics.csv or summary.json.
+
+    A file stands for the run whose folder holds it; any other file (a sweep's log or
+    multirun.yaml, which a shell glob picks up) stands for no run, not its folder's."""
     found: dict[Path, None] = {}
     for path in map(Path, paths):
         if path.is_file():
+            if not any((path.parent / name).is_file() for name in RUN_FILES):
+                continue
             path = path.parent
-        for name in ("metrics.csv", "summary.json"):
+        for name in RUN_FILES:
             for file in sorted(path.rglob(name)) if path.is_dir() else ():
                 found[file.parent.resolve()] = None
     return sorted(found)
@@ -173,8 +181,7 @@ def scan_runs(*paths, include_incomplete: bool = False) -> tuple[pd.DataFrame, l
     """The usable runs below ``paths`` (see :func:`load_runs`) and one line per run or
     path left out, naming its file or folder and why."""
     below = {path: find_run_dirs(path) for path in paths}
-    skipped = [f"{p}: {'no run below it' if Path(p).exists() else 'no such file or folder'}"
-               for p, run_dirs in below.items() if not run_dirs]
+    skipped = [f"{p}: {_why_no_run(Path(p))}" for p, run_dirs in below.items() if not run_dirs]
     frames = []
     for run_dir in sorted(set().union(*below.values())):
         try:
@@ -182,6 +189,12 @@ def scan_runs(*paths, include_incomplete: bool = False) -> tuple[pd.DataFrame, l
         except Unusable as why:
             skipped.append(str(why))
     return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()), skipped
+
+
+def _why_no_run(path: Path) -> str:
+    if path.is_file():
+        return "a file outside any run folder (give run folders, or a run's metrics.csv or summary.json)"
+    return "no run below it" if path.exists() else "no such file or folder"
 
 
 def load_runs(*paths, include_incomplete: bool = False) -> pd.DataFrame:

@@ -77,6 +77,24 @@ def test_run_dir_itself_is_a_path(tmp_path):
     assert quiet_load(run)["run_dir"].nunique() == 1
 
 
+def test_a_file_stands_for_its_run_only(tmp_path, capsys):
+    """A shell glob over a sweep folder also names its logs: they must not pull in the
+    runs beside them (here the other group's), only a run's own files name it."""
+    margin = make_run(tmp_path / "margin_sweep", "seed0", strategy="margin")
+    make_run(tmp_path / "random_sweep", "seed0", strategy="random")
+    (tmp_path / "random_sweep.log").write_text("sweep log")
+    (tmp_path / "margin_sweep" / "multirun.yaml").write_text("hydra: {}")
+    df, skipped = results.scan_runs(tmp_path / "margin_sweep", tmp_path / "random_sweep.log",
+                                    tmp_path / "margin_sweep" / "multirun.yaml")
+    assert set(df["strategy.name"]) == {"margin"}
+    assert [line.split(":")[0] for line in skipped] == [str(tmp_path / "random_sweep.log"),
+                                                        str(tmp_path / "margin_sweep" / "multirun.yaml")]
+    assert all("a file outside any run folder" in line for line in skipped)
+    assert set(quiet_load(margin / "metrics.csv")["run_dir"]) == {str(margin.resolve())}
+    assert plot.main([str(tmp_path / "margin_sweep"), str(tmp_path / "random_sweep.log")]) == 0
+    assert "left out " + str(tmp_path / "random_sweep.log") in capsys.readouterr().out
+
+
 def test_mean_and_std_over_seeds(tmp_path):
     make_run(tmp_path, "s0", seed=0, miou=(40, 50, 60))
     make_run(tmp_path, "s1", seed=1, miou=(44, 54, 62))
