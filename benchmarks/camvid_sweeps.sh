@@ -2,13 +2,17 @@
 # The CamVid sweeps behind docs/results.md: protocol experiment=cpu_camvid, paired by seed (runs
 # of one seed share cycle 0 and the initial weights). Two queues of sweeps run side by side,
 # one run at a time each with one thread (2 cores).
-# Usage: benchmarks/camvid_sweeps.sh [protocol|scratch|scratch_variance|main|seeds|variance|all] [CAMVID_ROOT] [OUT_DIR]
+# Usage: benchmarks/camvid_sweeps.sh [protocol|scratch|scratch_variance|scratch_full|scratch_it900|main|seeds|variance|all] [CAMVID_ROOT] [OUT_DIR]
 #   protocol: random and top-k margin, each from scratch and fine-tuned (train.reinit), seeds 0-2
 #   scratch:  the paired table as shipped (from scratch every cycle, OUT_DIR/scratch10): seeds 0-9
 #             of random, margin, margin + top 5%, power margin, power entropy, entropy and BALD,
 #             full supervision
 #   scratch_variance: random as shipped but with the cosine schedule (seeds 0-9, OUT_DIR/variance),
 #             and the training seed apart from the selection's (OUT_DIR/variance/scratch_decomp)
+#   scratch_full: full supervision over seeds 0-9 with 450 steps as shipped and with 900
+#             (OUT_DIR/variance/scratch_full): the network's own spread when every pixel is labelled
+#   scratch_it900: from scratch with 900 steps per cycle, random (seeds 0-9) and margin (seeds
+#             0-2 and 5-7) (OUT_DIR/variance/scratch_it900)
 #   The parts below are the fine-tuned protocol (train.reinit=false, cpu_camvid's default before):
 #   main:     the paired table's other strategies (seeds 0-4), seeds 3-4 of random and margin,
 #             and full supervision (450 steps, and 2250: what the last fine-tuned cycle has had)
@@ -69,6 +73,23 @@ if [[ $PART == scratch_variance || $PART == all ]]; then
     wait
     queue "variance/scratch_decomp/train|strategy=random seed=0 train.seed=0,1,2,3,4" &
     queue "variance/scratch_decomp/select14|strategy=random seed=1,2,3,4 train.seed=0" &
+    wait
+fi
+if [[ $PART == scratch_full || $PART == all ]]; then
+    mkdir -p "$OUT/variance/scratch_full"
+    queue "variance/scratch_full/a|budget=full seed=0,1,2,3,4" &
+    queue "variance/scratch_full/b|budget=full seed=5,6,7,8,9" &
+    wait
+    queue "variance/scratch_full/it900_a|budget=full train.iterations=900 seed=0,1,2,3,4" &
+    queue "variance/scratch_full/it900_b|budget=full train.iterations=900 seed=5,6,7,8,9" &
+    wait
+fi
+if [[ $PART == scratch_it900 || $PART == all ]]; then
+    mkdir -p "$OUT/variance/scratch_it900"
+    queue "variance/scratch_it900/random_a|strategy=random train.iterations=900 seed=0,1,2,3,4" \
+          "variance/scratch_it900/margin_a|strategy=margin train.iterations=900 seed=0,1,2" &
+    queue "variance/scratch_it900/random_b|strategy=random train.iterations=900 seed=5,6,7,8,9" \
+          "variance/scratch_it900/margin_b|strategy=margin train.iterations=900 seed=5,6,7" &
     wait
 fi
 COMMON+=(train.reinit=false)  # the fine-tuned protocol from here on
