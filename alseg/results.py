@@ -67,7 +67,7 @@ def find_run_dirs(*paths) -> list[Path]:
     """Directories below (or equal to) ``paths`` holding metrics.csv or summary.json.
 
     A file stands for the run whose folder holds it; any other file (a sweep's log or
-    multirun.yaml, which a shell glob picks up) stands for no run, not its folder's."""
+    multirun.yaml, which a shell glob picks up) stands for no run, not for the runs beside it."""
     found: dict[Path, None] = {}
     for path in map(Path, paths):
         if path.is_file():
