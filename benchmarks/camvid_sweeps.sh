@@ -11,8 +11,8 @@
 #             and the training seed apart from the selection's (OUT_DIR/variance/scratch_decomp)
 #   scratch_full: full supervision over seeds 0-9 with 450 steps as shipped and with 900
 #             (OUT_DIR/variance/scratch_full): the network's own spread when every pixel is labelled
-#   scratch_it900: from scratch with 900 steps per cycle, random (seeds 0-9) and margin (seeds
-#             0-2 and 5-7) (OUT_DIR/variance/scratch_it900)
+#   scratch_it900: random and margin from scratch with 900 steps per cycle, seeds 0-9
+#             (OUT_DIR/variance/scratch_it900)
 #   The parts below are the fine-tuned protocol (train.reinit=false, cpu_camvid's default before):
 #   main:     the paired table's other strategies (seeds 0-4), seeds 3-4 of random and margin,
 #             and full supervision (450 steps, and 2250: what the last fine-tuned cycle has had)
@@ -87,9 +87,11 @@ fi
 if [[ $PART == scratch_it900 || $PART == all ]]; then
     mkdir -p "$OUT/variance/scratch_it900"
     queue "variance/scratch_it900/random_a|strategy=random train.iterations=900 seed=0,1,2,3,4" \
-          "variance/scratch_it900/margin_a|strategy=margin train.iterations=900 seed=0,1,2" &
+          "variance/scratch_it900/margin_a|strategy=margin train.iterations=900 seed=0,1,2" \
+          "variance/scratch_it900/margin_s34|strategy=margin train.iterations=900 seed=3,4" &
     queue "variance/scratch_it900/random_b|strategy=random train.iterations=900 seed=5,6,7,8,9" \
-          "variance/scratch_it900/margin_b|strategy=margin train.iterations=900 seed=5,6,7" &
+          "variance/scratch_it900/margin_b|strategy=margin train.iterations=900 seed=5,6,7" \
+          "variance/scratch_it900/margin_s89|strategy=margin train.iterations=900 seed=8,9" &
     wait
 fi
 COMMON+=(train.reinit=false)  # the fine-tuned protocol from here on
