@@ -38,7 +38,7 @@ from matplotlib.figure import Figure
 from alseg.compare import MIN_SEEDS, paired_comparison
 from alseg.errors import AlsegError
 from alseg.results import (
-    aggregate, auc, clicks_to, config_columns, differing_keys, full_reference,
+    aggregate, auc, clicks_to, config_columns, differing_keys, final_miou, full_reference,
     group_label, groups, is_full, scan_runs,
 )
 
@@ -410,7 +410,7 @@ def make_plots(args: argparse.Namespace) -> None:
         print(f"alseg plot: left out {line}")
     al = found[~is_full(found)]
     if al.empty and len(found):
-        final = found.sort_values("cycle").groupby("run_dir")["miou"].last()
+        final = final_miou(found)
         raise AlsegError(f"only fully supervised runs (budget=full) under {', '.join(args.paths)}: "
                          f"{plural(len(final), 'run')}, final mIoU {fmt(final.mean(), final.std(), len(final))}"
                          f" (min {final.min():.1f}, max {final.max():.1f}); alseg plot draws them as the "

@@ -411,6 +411,11 @@ def clicks_to(x, y, target: float) -> float | None:
     return None
 
 
+def final_miou(df: pd.DataFrame) -> pd.Series:
+    """Each run's mIoU at its last cycle, indexed by run_dir (runs without one left out)."""
+    return df.sort_values("cycle").groupby("run_dir")["miou"].last().dropna()
+
+
 def full_reference(df: pd.DataFrame, dataset: str | None = None) -> float | None:
     """Mean final mIoU of the fully supervised runs (``budget.name == full``).
 
@@ -425,7 +430,7 @@ def full_reference(df: pd.DataFrame, dataset: str | None = None) -> float | None
         full = full[full["dataset.name"] == dataset]
     if full.empty:
         return None
-    final = full.sort_values("cycle").groupby("run_dir")["miou"].last().dropna()
+    final = final_miou(full)
     return float(final.mean()) if len(final) else None
 
 
