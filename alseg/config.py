@@ -37,7 +37,7 @@ RESULT_NEUTRAL_KEYS = _result_neutral_keys()
 ADDED_KEYS = {
     "annotation.sieve": False, "callbacks": (), "dataset.eval_size": "working", "devices": 1,
     "strategy.modifiers": (), "train.ema": None, "train.ensemble": 1, "train.seed": None, "train.semi": "none",
-    "train.pseudo_threshold": 0.95, "train.pseudo_weight": 1.0,
+    "train.pseudo_threshold": 0.95, "train.pseudo_weight": 1.0, "train.class_weights": "none",
 }
 
 
@@ -168,7 +168,7 @@ SCHEMA: dict[str, dict[str, Accepts]] = {
               "momentum": number("[0, 1)"), "weight_decay": number("[0, inf)"), "schedule": choice("constant", "step", "poly", "cosine"),
               "milestones": Accepts("a list of integers >= 1", lambda v: isinstance(v, list) and all(_is_int(x) and x >= 1 for x in v)),
               "gamma": number("(0, inf)"), "reinit": FLAG, "ema": nullable(number("(0, 1)")), "ensemble": integer(1), "seed": nullable(integer(0)),
-              "semi": choice("none", "pseudo_label"), "pseudo_threshold": number("[0, 1]"), "pseudo_weight": number("[0, inf)"), "eval_batch_size": integer(1), "augment.hflip": FLAG,
+              "semi": choice("none", "pseudo_label"), "class_weights": choice("none", "median_frequency"), "pseudo_threshold": number("[0, 1]"), "pseudo_weight": number("[0, inf)"), "eval_batch_size": integer(1), "augment.hflip": FLAG,
               "augment.scale": nullable(Accepts("[min, max] with 0 < min <= max", lambda v: _pair(v, _is_number) and 0 < v[0] <= v[1])),
               "augment.jitter": number("[0, 1)")},
     # several options at once (logger=[tensorboard,mlflow]): each adds its flag and its keys
@@ -268,6 +268,9 @@ def _check_annotation(cfg: DictConfig) -> None:
     if region == "adaptive" and annotation != "dominant":
         raise AlsegError(f"region=adaptive merges its regions anew every cycle and asks each with one dominant click: "
                          f"use annotation=dominant, not {annotation}")
+    if annotation == "multiclass" and cfg.train.get("class_weights", "none") != "none":
+        raise AlsegError(f"train.class_weights={cfg.train.class_weights} weights single-class labels; annotation=multiclass "
+                         "trains with the merged positive loss over label sets: set train.class_weights=none")
     if not cfg.annotation.get("sieve", False):
         return
     if annotation != "dominant":

@@ -62,6 +62,7 @@ def train_cycle(
     precision = autocast(device)
     scaler = torch.amp.GradScaler(enabled=precision.fast_dtype == torch.float16 and device.type == "cuda")
     average = WeightAverage(model, float(cfg.ema)) if cfg.get("ema") else None
+    weights = class_weights(placement.host_view(revealed), device) if cfg.get("class_weights", "none") != "none" else None
     net.train()
     reports = _Reports(len(batches), per_epoch, cycle, cfg.lr, report, device)
     table = None if label_sets is None else torch.from_numpy(label_sets).to(device)
@@ -72,7 +73,7 @@ def train_cycle(
         if teacher is not None:
             targets = targets.masked_fill(batch_revealed == NOT_ASKED, UNASKED)
         x, y = augment(x.permute(0, 3, 1, 2).float(), targets, cfg.augment, generator, part, len(batch))
-        loss = _loss(net, teacher, normalise(x), y, cfg, precision, sets)
+        loss = _loss(net, teacher, normalise(x), y, cfg, precision, sets, weights)
         optimiser.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimiser)
@@ -149,9 +150,10 @@ class WeightAverage:
 
 
 def _loss(model: torch.nn.Module, teacher, x: torch.Tensor, y: torch.Tensor, cfg, precision,
-          table: torch.Tensor | None = None) -> torch.Tensor:
+          table: torch.Tensor | None = None, weights: torch.Tensor | None = None) -> torch.Tensor:
     """One batch's loss: cross-entropy on the revealed pixels of the (augmented) batch `x`, `y`
-    (with label sets `table` [B, codes, C], the merged positive loss); with a teacher, plus
+    (each pixel weighted by its class's `weights`, see class_weights, in a weighted mean; with
+    label sets `table` [B, codes, C], the merged positive loss); with a teacher, plus
     `train.pseudo_weight` x pseudo_label_loss, the teacher labelling the same augmented `x` in
     inference mode (pixels marked UNASKED in `y` are the unlabelled ones)."""
     if teacher is not None:
@@ -163,13 +165,38 @@ def _loss(model: torch.nn.Module, teacher, x: torch.Tensor, y: torch.Tensor, cfg
     with precision:
         logits = model(x).float()
         # a mean over the labelled pixels that is 0, not NaN, when a crop left none in the batch
-        if table is None:
+        if table is None and weights is None:
             loss = F.cross_entropy(logits, y.long(), ignore_index=IGNORE, reduction="sum") / (y != IGNORE).sum().clamp_min(1)
+        elif table is None:
+            per_pixel = weights[y.long()]  # 0 at IGNORE
+            loss = (F.cross_entropy(logits, y.long(), weight=weights[: logits.shape[1]], ignore_index=IGNORE,
+                                    reduction="sum") / per_pixel.sum().clamp_min(1e-12))
         else:
             loss = merged_positive_loss(logits, y, table)
         if teacher is not None:
             loss = loss + cfg.pseudo_weight * pseudo_label_loss(logits, labels, keep, unasked)
     return loss
+
+
+def class_weights(revealed: torch.Tensor | np.ndarray, device: torch.device) -> torch.Tensor:
+    """`train.class_weights=median_frequency`: median frequency balancing (Eigen & Fergus 2015,
+    as SegNet trains on CamVid) over the labels revealed so far, w_c = median(f) / f_c, where
+    f_c is class c's revealed pixels over all revealed pixels of the images that hold c (the
+    median over the classes with any). Returns 256 weights on `device`, indexed by class id: 0
+    for a class none of whose pixels is revealed, for NO_LABEL and for IGNORE. Counted on the
+    device or the host where `revealed` lives, about 4 M pixels at a time."""
+    revealed = torch.as_tensor(revealed)
+    chunk = max(1, 2**22 // max(1, revealed[0].numel()))
+    counts = torch.cat([torch.bincount((torch.arange(len(part), device=part.device)[:, None] * 256
+                                        + part.flatten(1).long()).flatten(), minlength=256 * len(part)).view(-1, 256)
+                        for part in revealed.split(chunk)])[:, :NO_LABEL].double()  # [N, class ids]
+    held = counts.sum(0)
+    frequency = held / ((counts > 0) * counts.sum(1, keepdim=True)).sum(0).clamp_min(1)
+    present = held > 0
+    weights = torch.zeros(256, dtype=torch.float64, device=counts.device)
+    if present.any():
+        weights[:NO_LABEL][present] = frequency[present].quantile(0.5) / frequency[present]
+    return weights.float().to(device)
 
 
 def merged_positive_loss(logits: torch.Tensor, y: torch.Tensor, table: torch.Tensor) -> torch.Tensor:

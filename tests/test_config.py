@@ -61,6 +61,7 @@ def rejected(make_cfg, *overrides: str) -> str:
     (["model.kwargs=null"], "model.kwargs must be a mapping"),
     (["dataset=camvid", "dataset.eval_split=train"], 'dataset.eval_split must be val or test, got "train"'),
     (["dataset=voc", "dataset.augmented=1"], "dataset.augmented must be true or false, got 1"),
+    (["train.class_weights=inverse"], 'train.class_weights must be none or median_frequency, got "inverse"'),
 ])
 def test_a_wrong_value_names_the_key_and_what_it_accepts(make_cfg, overrides, message):
     assert message in rejected(make_cfg, *overrides)
@@ -85,6 +86,8 @@ def test_keys_a_group_does_not_have_are_refused_except_for_a_users_strategy(make
     (["train.epochs=null"], ("train.epochs and train.iterations are both null",)),
     (["strategy=random", "strategy.class_balance=true"], ("model-based strategy",)),
     (["strategy=coreset", "budget=clicks"], ("use budget=per_image",)),
+    (["annotation=multiclass", "region=box", "train.class_weights=median_frequency"],
+     ("train.class_weights=median_frequency", "annotation=multiclass", "train.class_weights=none")),
     (["dataset=folder", "dataset.class_names=[a,b]", "dataset.palette=[[0,0,0]]"], ("one [r, g, b] per class",)),
 ])
 def test_keys_that_cannot_go_together_name_each_other(make_cfg, overrides, keys):

@@ -97,3 +97,60 @@ def test_a_batch_whose_labels_were_all_cropped_away_adds_nothing_instead_of_nan(
     y = torch.full((1, 4, 4), 255, dtype=torch.uint8)
     loss = _loss(model, None, torch.randn(1, 3, 4, 4), y, OmegaConf.create({}), torch.autocast("cpu", enabled=False))
     assert loss.item() == 0.0
+
+
+def test_median_frequency_weights_follow_eigen_and_fergus_over_the_revealed_labels():
+    import numpy as np
+
+    from alseg.pool import NO_LABEL, NOT_ASKED
+    from alseg.train import class_weights
+
+    revealed = np.full((4, 5, 6), NOT_ASKED, dtype=np.uint8)
+    revealed[0, 0, :3], revealed[0, 1, 0] = 0, 1        # image 0: three of class 0, one of class 1
+    revealed[1, 0, 0], revealed[1, 0, 1] = 1, 2         # image 1: one of class 1, one of class 2
+    revealed[2, 0, :4], revealed[3, 2, 2] = NO_LABEL, 3  # image 2: asked void only; image 3: one of class 3
+    # f_c = class c's pixels / revealed pixels of the images holding c: 3/4, 2/6, 1/2, 1/1; median 5/8
+    frequency = torch.tensor([3 / 4, 2 / 6, 1 / 2, 1.0])
+    weights = class_weights(revealed, torch.device("cpu"))
+    assert weights.shape == (256,)
+    assert torch.allclose(weights[:4], 0.625 / frequency)
+    assert weights[4:].abs().sum() == 0  # classes never revealed, NO_LABEL and IGNORE weigh nothing
+    # the same from a tensor on the device, and nothing when nothing is revealed
+    assert torch.equal(class_weights(torch.from_numpy(revealed), torch.device("cpu")), weights)
+    assert class_weights(np.full((2, 3, 3), NOT_ASKED, np.uint8), torch.device("cpu")).abs().sum() == 0
+
+
+def test_weighted_loss_is_the_weighted_mean_over_the_labelled_pixels():
+    import torch.nn.functional as F
+    from omegaconf import OmegaConf
+
+    from alseg.train import _loss
+
+    torch.manual_seed(0)
+    model, x = torch.nn.Conv2d(3, 3, 1), torch.randn(2, 3, 4, 4)
+    y = torch.randint(0, 3, (2, 4, 4), dtype=torch.uint8)
+    y[0, 0] = 255
+    weights = torch.zeros(256)
+    weights[:3] = torch.tensor([0.5, 2.0, 1.0])
+    off = torch.autocast("cpu", enabled=False)
+    loss = _loss(model, None, x, y, OmegaConf.create({}), off, weights=weights)
+    expected = F.cross_entropy(model(x), y.long(), weight=weights[:3], ignore_index=255)  # torch's weighted mean
+    assert torch.allclose(loss, expected)
+    plain = _loss(model, None, x, y, OmegaConf.create({}), off)
+    assert torch.allclose(plain, F.cross_entropy(model(x), y.long(), ignore_index=255)) and not torch.allclose(plain, loss)
+
+
+def test_a_run_with_median_frequency_balancing_asks_the_same_first_cycle_and_trains_otherwise(make_cfg, tmp_path):
+    import pandas as pd
+
+    from alseg.experiment import run
+    from alseg.pool import load_selections
+
+    run(make_cfg("strategy=random", "seed=1"), tmp_path / "plain")
+    run(make_cfg("strategy=random", "seed=1", "train.class_weights=median_frequency"), tmp_path / "balanced")
+    plain, balanced = (pd.read_csv(tmp_path / name / "metrics.csv") for name in ("plain", "balanced"))
+    assert len(plain) == len(balanced) == 3 and balanced["miou"].notna().all()
+    assert (plain["clicks"] == balanced["clicks"]).all() and (plain["train_steps"] == balanced["train_steps"]).all()
+    (images_p, regions_p), (images_b, regions_b) = (load_selections(tmp_path / n)[0] for n in ("plain", "balanced"))
+    assert (images_p == images_b).all() and (regions_p == regions_b).all()  # cycle 0 does not depend on training
+    assert not (plain["miou"] == balanced["miou"]).all()  # the weights reach the loss
