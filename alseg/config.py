@@ -263,7 +263,8 @@ def _check_train(t: DictConfig) -> None:
 
 
 def _check_annotation(cfg: DictConfig) -> None:
-    """Rules joining the annotation with the region type (region=adaptive, annotation.sieve)."""
+    """Rules joining the annotation with the region type (region=adaptive, annotation.sieve) and
+    with the loss (train.class_weights)."""
     annotation, region = cfg.annotation.name, cfg.region.name
     if region == "adaptive" and annotation != "dominant":
         raise AlsegError(f"region=adaptive merges its regions anew every cycle and asks each with one dominant click: "

@@ -167,10 +167,10 @@ def _loss(model: torch.nn.Module, teacher, x: torch.Tensor, y: torch.Tensor, cfg
         # a mean over the labelled pixels that is 0, not NaN, when a crop left none in the batch
         if table is None and weights is None:
             loss = F.cross_entropy(logits, y.long(), ignore_index=IGNORE, reduction="sum") / (y != IGNORE).sum().clamp_min(1)
-        elif table is None:
-            per_pixel = weights[y.long()]  # 0 at IGNORE
-            loss = (F.cross_entropy(logits, y.long(), weight=weights[: logits.shape[1]], ignore_index=IGNORE,
-                                    reduction="sum") / per_pixel.sum().clamp_min(1e-12))
+        elif table is None:  # the weighted mean: over the labelled pixels' weights (0 at IGNORE)
+            target = y.long()
+            loss = (F.cross_entropy(logits, target, weight=weights[: logits.shape[1]], ignore_index=IGNORE,
+                                    reduction="sum") / weights[target].sum().clamp_min(1e-12))
         else:
             loss = merged_positive_loss(logits, y, table)
         if teacher is not None:
