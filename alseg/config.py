@@ -38,6 +38,7 @@ ADDED_KEYS = {
     "annotation.sieve": False, "callbacks": (), "dataset.eval_size": "working", "devices": 1,
     "strategy.modifiers": (), "train.ema": None, "train.ensemble": 1, "train.seed": None, "train.semi": "none",
     "train.pseudo_threshold": 0.95, "train.pseudo_weight": 1.0, "train.class_weights": "none",
+    "model.freeze_encoder": False,
 }
 
 
@@ -161,7 +162,7 @@ SCHEMA: dict[str, dict[str, Accepts]] = {
     "budget/clicks": {"initial": COUNT, "per_cycle": COUNT, "cycles": integer(0)},
     "budget/full": {"initial": number("[0, inf)"), "per_cycle": number("[0, inf)"), "cycles": integer(0)},
     "model": {"name": TEXT, "arch": TEXT, "encoder": TEXT, "encoder_weights": nullable(TEXT), "kwargs": MAPPING,
-              "dropout": nullable(number("[0, 1)")),
+              "dropout": nullable(number("[0, 1)")), "freeze_encoder": FLAG,
               "_target_": _target("a function returning a torch.nn.Module, e.g. model._target_=my_pkg.my_module.make_model")},
     "train": {"name": TEXT, "epochs": nullable(integer(1)), "iterations": nullable(integer(1)), "batch_size": integer(1),
               "optimizer": choice("adam", "sgd"), "lr": number("(0, inf)"), "encoder_lr": nullable(number("(0, inf)")),
@@ -189,6 +190,7 @@ def check_config(cfg: DictConfig) -> None:
     if "logger" in cfg:
         _check_keys(cfg.logger, SCHEMA["logger"], "logger.", "logger")
     _check_train(cfg.train)
+    _check_model(cfg.model)
     _check_annotation(cfg)
     _check_strategy(cfg)
     if cfg.get("devices", 1) > 1 and cfg.train.batch_size % cfg.devices:
@@ -260,6 +262,17 @@ def _check_train(t: DictConfig) -> None:
                          "you do not use to null (e.g. train.epochs=null to train a number of iterations)")
     if t.epochs is None and t.iterations is None:
         raise AlsegError("train.epochs and train.iterations are both null: set one (e.g. train.epochs=10)")
+
+
+def _check_model(m: DictConfig) -> None:
+    if not m.get("freeze_encoder"):
+        return
+    if "_target_" in m:
+        raise AlsegError("model.freeze_encoder=true freezes the encoder of alseg's own models; with model._target_, "
+                         "freeze your model's layers in your factory (requires_grad_(False)) instead")
+    if m.encoder_weights is None:
+        raise AlsegError("model.freeze_encoder=true would keep the encoder's random initial weights: set "
+                         "model.encoder_weights (imagenet or a local file), or model.freeze_encoder=false")
 
 
 def _check_annotation(cfg: DictConfig) -> None:

@@ -7,7 +7,8 @@ MC-dropout passes re-run only the head and core-set strategies get embeddings; a
 
 `model.dropout` puts a Dropout2d before the head of every run's model, whatever the strategy,
 so that every strategy of an experiment trains the same network; MC strategies also sample it
-while scoring (`mc_passes`).
+while scoring (`mc_passes`). `model.freeze_encoder` keeps a pretrained encoder as loaded: only
+the decoder and head train.
 """
 from __future__ import annotations
 
@@ -53,13 +54,25 @@ class Segmenter(torch.nn.Module):
     """An smp model split into features and head, with optional Dropout2d before the head.
 
     The input is padded (reflect) to a multiple of the network's stride and the logits are
-    cropped back, so any working size runs without distorting images or labels.
+    cropped back, so any working size runs without distorting images or labels. A frozen
+    encoder has no trainable weights and stays in eval mode (its batch-norm statistics as
+    loaded), so training runs, and back-propagates through, the decoder and head only.
     """
 
-    def __init__(self, net: torch.nn.Module, multiple: int, dropout: float | None = None) -> None:
+    def __init__(self, net: torch.nn.Module, multiple: int, dropout: float | None = None,
+                 freeze_encoder: bool = False) -> None:
         super().__init__()
-        self.net, self.multiple = net, multiple
+        self.net, self.multiple, self.frozen = net, multiple, freeze_encoder
         self.dropout = torch.nn.Dropout2d(dropout) if dropout else torch.nn.Identity()
+        if freeze_encoder:
+            net.encoder.requires_grad_(False)
+            net.encoder.eval()
+
+    def train(self, mode: bool = True) -> "Segmenter":
+        super().train(mode)
+        if self.frozen:
+            self.net.encoder.eval()
+        return self
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The decoder's output (at the padded size's decoder resolution)."""
@@ -119,7 +132,8 @@ def _log_mean_softmax(logits: list[torch.Tensor]) -> torch.Tensor:
 
 def build_model(cfg, num_classes: int) -> torch.nn.Module:
     """The `model` config group as a Segmenter (`model.dropout` before the head, 0 or null for
-    none). With `model._target_`, a user's factory `target(num_classes=C, **model.kwargs)`."""
+    none; `model.freeze_encoder`). With `model._target_`, a user's factory
+    `target(num_classes=C, **model.kwargs)`."""
     import segmentation_models_pytorch as smp
 
     if cfg.get("_target_"):
@@ -142,7 +156,7 @@ def build_model(cfg, num_classes: int) -> torch.nn.Module:
     if local:
         load_encoder_weights(net.encoder, str(weights))
     depth = int(kwargs.get("encoder_depth", 5))
-    return Segmenter(net, 2**depth, cfg.get("dropout"))
+    return Segmenter(net, 2**depth, cfg.get("dropout"), bool(cfg.get("freeze_encoder")))
 
 
 def build_custom_model(cfg, num_classes: int) -> torch.nn.Module:

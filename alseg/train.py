@@ -259,13 +259,15 @@ def _batches(labelled: torch.Tensor, cfg, generator: torch.Generator) -> tuple[l
 
 
 def make_optimiser(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
-    """`train.optimizer` adam | sgd; `train.encoder_lr` (if set) for the encoder's parameters,
-    as PixelPick trains the pretrained encoder 10x slower."""
+    """`train.optimizer` adam | sgd over the trainable parameters (a frozen encoder has none);
+    `train.encoder_lr` (if set) for the encoder's, as PixelPick trains the pretrained encoder
+    10x slower."""
     encoder = getattr(getattr(model, "net", None), "encoder", None)
     enc_params = {id(p) for p in encoder.parameters()} if encoder is not None and cfg.get("encoder_lr") else set()
     groups = [{"params": [p for p in model.parameters() if id(p) not in enc_params], "lr": cfg.lr}]
     if enc_params:
         groups.append({"params": list(encoder.parameters()), "lr": cfg.encoder_lr})
+    groups = [g for g in ({**g, "params": [p for p in g["params"] if p.requires_grad]} for g in groups) if g["params"]]
     if cfg.optimizer == "adam":
         return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "sgd":

@@ -2,7 +2,7 @@
 # The CamVid sweeps behind docs/results.md: protocol experiment=cpu_camvid, paired by seed (runs
 # of one seed share cycle 0 and the initial weights). Two queues of sweeps run side by side,
 # one run at a time each with one thread (2 cores).
-# Usage: benchmarks/camvid_sweeps.sh [protocol|scratch|scratch_variance|scratch_full|scratch_it900|scratch_balanced|main|seeds|variance|all] [CAMVID_ROOT] [OUT_DIR]
+# Usage: benchmarks/camvid_sweeps.sh [protocol|scratch|scratch_variance|scratch_full|scratch_it900|scratch_balanced|scratch_frozen|main|seeds|variance|all] [CAMVID_ROOT] [OUT_DIR]
 #   protocol: random and top-k margin, each from scratch and fine-tuned (train.reinit), seeds 0-2
 #   scratch:  the paired table as shipped (from scratch every cycle, OUT_DIR/scratch10): seeds 0-9
 #             of random, margin, margin + top 5%, power margin, power entropy, entropy and BALD,
@@ -15,6 +15,9 @@
 #             (OUT_DIR/variance/scratch_it900)
 #   scratch_balanced: random and margin from scratch with median frequency balancing
 #             (train.class_weights=median_frequency), seeds 0-9 (OUT_DIR/variance/scratch_balanced)
+#   scratch_frozen: random and margin from scratch with the encoder pretrained on synthetic scenes
+#             (benchmarks/pretrain_synthetic.py) frozen (model.freeze_encoder), and random with it
+#             trained, seeds 0-9 (OUT_DIR/variance/scratch_frozen)
 #   The parts below are the fine-tuned protocol (train.reinit=false, cpu_camvid's default before):
 #   main:     the paired table's other strategies (seeds 0-4), seeds 3-4 of random and margin,
 #             and full supervision (450 steps, and 2250: what the last fine-tuned cycle has had)
@@ -102,6 +105,19 @@ if [[ $PART == scratch_balanced || $PART == all ]]; then
           "variance/scratch_balanced/margin_a|strategy=margin train.class_weights=median_frequency seed=0,1,2,3,4" &
     queue "variance/scratch_balanced/random_b|strategy=random train.class_weights=median_frequency seed=5,6,7,8,9" \
           "variance/scratch_balanced/margin_b|strategy=margin train.class_weights=median_frequency seed=5,6,7,8,9" &
+    wait
+fi
+if [[ $PART == scratch_frozen || $PART == all ]]; then
+    mkdir -p "$OUT/variance/scratch_frozen"
+    SYNTH=$OUT/variance/synthetic_encoder.pt  # about 7 minutes; the same file on every run of a machine
+    [[ -f $SYNTH ]] || $PYTHON benchmarks/pretrain_synthetic.py "$SYNTH" > "$OUT/variance/synthetic_encoder.log"
+    FROZEN="model.encoder_weights=$SYNTH model.freeze_encoder=true"
+    queue "variance/scratch_frozen/random_a|strategy=random $FROZEN seed=0,1,2,3,4" \
+          "variance/scratch_frozen/margin_a|strategy=margin $FROZEN seed=0,1,2,3,4" \
+          "variance/scratch_frozen/trained_a|strategy=random model.encoder_weights=$SYNTH seed=0,1,2,3,4" &
+    queue "variance/scratch_frozen/random_b|strategy=random $FROZEN seed=5,6,7,8,9" \
+          "variance/scratch_frozen/margin_b|strategy=margin $FROZEN seed=5,6,7,8,9" \
+          "variance/scratch_frozen/trained_b|strategy=random model.encoder_weights=$SYNTH seed=5,6,7,8,9" &
     wait
 fi
 COMMON+=(train.reinit=false)  # the fine-tuned protocol from here on

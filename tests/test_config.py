@@ -89,6 +89,9 @@ def test_keys_a_group_does_not_have_are_refused_except_for_a_users_strategy(make
     (["annotation=multiclass", "region=box", "train.class_weights=median_frequency"],
      ("train.class_weights=median_frequency", "annotation=multiclass", "train.class_weights=none")),
     (["dataset=folder", "dataset.class_names=[a,b]", "dataset.palette=[[0,0,0]]"], ("one [r, g, b] per class",)),
+    (["model.freeze_encoder=true"], ("model.freeze_encoder=true", "random initial weights", "model.encoder_weights")),
+    (["model=custom", "model._target_=my.make", "+model.freeze_encoder=true"],
+     ("model.freeze_encoder=true", "model._target_", "requires_grad_(False)")),
 ])
 def test_keys_that_cannot_go_together_name_each_other(make_cfg, overrides, keys):
     message = rejected(make_cfg, *overrides)

@@ -178,3 +178,23 @@ def test_a_second_run_into_the_same_directory_is_refused(make_cfg, tmp_path):
     run(make_cfg("budget.cycles=0"), tmp_path)
     with pytest.raises(AlsegError, match="resume=true"):
         run(make_cfg("budget.cycles=0"), tmp_path)
+
+
+def test_a_frozen_encoder_stays_as_loaded_and_only_the_decoder_and_head_train(make_cfg, tmp_path):
+    from alseg.model import build_model
+    from alseg.train import make_optimiser
+
+    source = build_model(make_cfg().model, 9)
+    torch.save(source.net.encoder.state_dict(), tmp_path / "encoder.pth")
+    cfg = make_cfg(f"model.encoder_weights={tmp_path}/encoder.pth", "model.freeze_encoder=true", "budget.cycles=1",
+                   "save_model=last")
+    frozen = build_model(cfg.model, 9).train()
+    assert not frozen.net.encoder.training and frozen.net.decoder.training
+    trained = {id(p) for group in make_optimiser(frozen, cfg.train).param_groups for p in group["params"]}
+    assert trained == {id(p) for p in frozen.parameters()} - {id(p) for p in frozen.net.encoder.parameters()}
+    run(cfg, tmp_path / "run")
+    final = torch.load(tmp_path / "run" / "model.pt")
+    encoder = [k for k in final if k.startswith("net.encoder.")]
+    assert any("running_mean" in k for k in encoder)  # batch-norm statistics: also as loaded
+    for key in encoder:
+        assert torch.equal(final[key], source.net.encoder.state_dict()[key.removeprefix("net.encoder.")]), key
