@@ -17,7 +17,8 @@
 #             (train.class_weights=median_frequency), seeds 0-9 (OUT_DIR/variance/scratch_balanced)
 #   scratch_frozen: random and margin from scratch with the encoder pretrained on synthetic scenes
 #             (benchmarks/pretrain_synthetic.py) frozen (model.freeze_encoder), and random with it
-#             trained, seeds 0-9 (OUT_DIR/variance/scratch_frozen)
+#             trained, seeds 0-9, full supervision with it frozen, and random with it frozen and
+#             batch 32 or 900 steps (OUT_DIR/variance/scratch_frozen)
 #   The parts below are the fine-tuned protocol (train.reinit=false, cpu_camvid's default before):
 #   main:     the paired table's other strategies (seeds 0-4), seeds 3-4 of random and margin,
 #             and full supervision (450 steps, and 2250: what the last fine-tuned cycle has had)
@@ -114,10 +115,16 @@ if [[ $PART == scratch_frozen || $PART == all ]]; then
     FROZEN="model.encoder_weights=$SYNTH model.freeze_encoder=true"
     queue "variance/scratch_frozen/random_a|strategy=random $FROZEN seed=0,1,2,3,4" \
           "variance/scratch_frozen/margin_a|strategy=margin $FROZEN seed=0,1,2,3,4" \
-          "variance/scratch_frozen/trained_a|strategy=random model.encoder_weights=$SYNTH seed=0,1,2,3,4" &
+          "variance/scratch_frozen/trained_a|strategy=random model.encoder_weights=$SYNTH seed=0,1,2,3,4" \
+          "variance/scratch_frozen/full_a|budget=full $FROZEN seed=0,1,2,3,4" \
+          "variance/scratch_frozen/b32_a|strategy=random $FROZEN train.batch_size=32 seed=0,1,2,3,4" \
+          "variance/scratch_frozen/it900_a|strategy=random $FROZEN train.iterations=900 seed=0,1,2,3,4" &
     queue "variance/scratch_frozen/random_b|strategy=random $FROZEN seed=5,6,7,8,9" \
           "variance/scratch_frozen/margin_b|strategy=margin $FROZEN seed=5,6,7,8,9" \
-          "variance/scratch_frozen/trained_b|strategy=random model.encoder_weights=$SYNTH seed=5,6,7,8,9" &
+          "variance/scratch_frozen/trained_b|strategy=random model.encoder_weights=$SYNTH seed=5,6,7,8,9" \
+          "variance/scratch_frozen/full_b|budget=full $FROZEN seed=5,6,7,8,9" \
+          "variance/scratch_frozen/b32_b|strategy=random $FROZEN train.batch_size=32 seed=5,6,7,8,9" \
+          "variance/scratch_frozen/it900_b|strategy=random $FROZEN train.iterations=900 seed=5,6,7,8,9" &
     wait
 fi
 COMMON+=(train.reinit=false)  # the fine-tuned protocol from here on
