@@ -110,7 +110,7 @@ if [[ $PART == scratch_balanced || $PART == all ]]; then
 fi
 if [[ $PART == scratch_frozen || $PART == all ]]; then
     mkdir -p "$OUT/variance/scratch_frozen"
-    SYNTH=$OUT/variance/synthetic_encoder.pt  # about 7 minutes; the same file on every run of a machine
+    SYNTH=$OUT/variance/synthetic_encoder.pt  # 5-7 minutes; the same file on every run of a machine
     [[ -f $SYNTH ]] || $PYTHON benchmarks/pretrain_synthetic.py "$SYNTH" > "$OUT/variance/synthetic_encoder.log"
     FROZEN="model.encoder_weights=$SYNTH model.freeze_encoder=true"
     queue "variance/scratch_frozen/random_a|strategy=random $FROZEN seed=0,1,2,3,4" \
