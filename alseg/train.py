@@ -263,11 +263,11 @@ def make_optimiser(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
     `train.encoder_lr` (if set) for the encoder's, as PixelPick trains the pretrained encoder
     10x slower."""
     encoder = getattr(getattr(model, "net", None), "encoder", None)
-    enc_params = {id(p) for p in encoder.parameters()} if encoder is not None and cfg.get("encoder_lr") else set()
-    groups = [{"params": [p for p in model.parameters() if id(p) not in enc_params], "lr": cfg.lr}]
-    if enc_params:
-        groups.append({"params": list(encoder.parameters()), "lr": cfg.encoder_lr})
-    groups = [g for g in ({**g, "params": [p for p in g["params"] if p.requires_grad]} for g in groups) if g["params"]]
+    slower = [p for p in encoder.parameters() if p.requires_grad] if encoder is not None and cfg.get("encoder_lr") else []
+    skip = {id(p) for p in slower}
+    groups = [{"params": [p for p in model.parameters() if p.requires_grad and id(p) not in skip], "lr": cfg.lr}]
+    if slower:
+        groups.append({"params": slower, "lr": cfg.encoder_lr})
     if cfg.optimizer == "adam":
         return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "sgd":
