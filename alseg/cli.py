@@ -1,6 +1,7 @@
 """The `alseg` command: `run` and `data` are Hydra apps over the packaged configs; `plot` is argparse."""
 from __future__ import annotations
 
+import hashlib
 import logging
 import logging.handlers
 import os
@@ -45,6 +46,26 @@ _interrupted: int | None = None  # the signal that stopped a job of this process
 ERROR_FILE = "error.txt"  # written into a run's folder when its job fails
 NOTE_GLOB = ".failed-job*.txt"  # a sweep job that may not write into its folder leaves its message here
 OmegaConf.register_new_resolver("alseg.pid", os.getpid, use_cache=True, replace=True)  # unique default run folders
+NAME_MAX = 255  # bytes in one file name on Linux's file systems
+
+
+def sweep_folder_name(override_dirname: str) -> str:
+    """A sweep job's folder name from its overrides: one path component whatever the values.
+
+    "/" in a value (a local `model.encoder_weights` path) would nest the job's folder, and a
+    name over NAME_MAX bytes would stop the sweep with OSError. So "%" and "/" are escaped as
+    %25 and %2F (two jobs' names stay apart), and a longer name keeps its first bytes and ends
+    with a hash of the whole. Any other name is Hydra's override_dirname unchanged.
+    """
+    name = override_dirname.replace("%", "%25").replace("/", "%2F")
+    encoded = name.encode()
+    if len(encoded) <= NAME_MAX:
+        return name
+    digest = hashlib.sha1(encoded, usedforsecurity=False).hexdigest()[:16]
+    return encoded[:NAME_MAX - len(digest) - 1].decode(errors="ignore") + "-" + digest
+
+
+OmegaConf.register_new_resolver("alseg.sweep_folder", sweep_folder_name, replace=True)
 
 
 def _report(exc: BaseException, message: str | None = None) -> None:

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from conftest import TINY
 
@@ -65,6 +66,38 @@ def test_a_sweep_job_with_a_wrong_typed_value_fails_alone(tmp_path):
     assert (good / "metrics.csv").exists() and (bad / "error.txt").exists()
     for name in (good.name, bad.name):  # folders are not named by result-neutral keys
         assert not any(key in name for key in ("device", "overlay_images", "save_model"))
+
+
+def test_sweep_folder_names_are_one_component_apart_and_short_enough():
+    from alseg.cli import NAME_MAX, sweep_folder_name
+
+    assert sweep_folder_name("seed=0,strategy=margin") == "seed=0,strategy=margin"  # as Hydra names it
+    slashed, escaped = sweep_folder_name("w=/a/b"), sweep_folder_name("w=/a%2Fb")
+    assert slashed == "w=%2Fa%2Fb" and "/" not in escaped and slashed != escaped
+    for long in ("w=" + "x" * 300 + ",seed=0", "w=" + "é" * 200 + ",seed=0"):  # é: two bytes
+        names = {sweep_folder_name(long), sweep_folder_name(long.replace("seed=0", "seed=1"))}
+        assert len(names) == 2 and all(len(n.encode()) <= NAME_MAX and n.startswith("w=") for n in names)
+
+
+def test_a_sweep_over_a_long_local_path_gives_each_job_its_own_folder(tmp_path):
+    from alseg.model import build_model
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(config_module="alseg.conf", version_base="1.3"):
+        model_cfg = compose(config_name="config").model
+    weights = tmp_path / ("w" * 120) / ("v" * 120) / "encoder.pth"  # over 255 bytes with the rest
+    weights.parent.mkdir(parents=True)
+    torch.save(build_model(model_cfg, 9).net.encoder.state_dict(), weights)
+    tiny = [o for o in TINY if not o.startswith(("budget.cycles", "train.epochs"))]
+    sweep = alseg(tmp_path, "run", "-m", *tiny, "budget.cycles=0", "train.epochs=1", "save_model=never",
+                  f"model.encoder_weights={weights}", "seed=0,1", "hydra.sweep.dir=sweep")
+    assert sweep.returncode == 0, sweep.stderr[-2000:]
+    jobs = [p for p in Path(tmp_path, "sweep").iterdir() if p.is_dir()]
+    assert len(jobs) == 2 and all((job / "metrics.csv").exists() for job in jobs)  # one level down
+    assert all("%2F" in job.name for job in jobs)
+    plot = alseg(tmp_path, "plot", "sweep")
+    assert plot.returncode == 0, plot.stderr
+    assert set(pd.read_csv(tmp_path / "sweep" / "table.csv")["n"]) == {2}
 
 
 def test_run_then_sweep_then_plot(tmp_path):
