@@ -2,7 +2,7 @@
 # The CamVid sweeps behind docs/results.md: protocol experiment=cpu_camvid, paired by seed (runs
 # of one seed share cycle 0 and the initial weights). Two queues of sweeps run side by side,
 # one run at a time each with one thread (2 cores).
-# Usage: benchmarks/camvid_sweeps.sh [protocol|scratch|scratch_variance|scratch_full|scratch_it900|scratch_balanced|scratch_frozen|main|seeds|variance|all] [CAMVID_ROOT] [OUT_DIR]
+# Usage: benchmarks/camvid_sweeps.sh [protocol|scratch|scratch_variance|scratch_full|scratch_it900|scratch_balanced|scratch_frozen|scratch_frozen_decomp|main|seeds|variance|all] [CAMVID_ROOT] [OUT_DIR]
 #   protocol: random and top-k margin, each from scratch and fine-tuned (train.reinit), seeds 0-2
 #   scratch:  the paired table as shipped (from scratch every cycle, OUT_DIR/scratch10): seeds 0-9
 #             of random, margin, margin + top 5%, power margin, power entropy, entropy and BALD,
@@ -19,6 +19,9 @@
 #             (benchmarks/pretrain_synthetic.py) frozen (model.freeze_encoder), and random with it
 #             trained, seeds 0-9, full supervision with it frozen, and random with it frozen and
 #             batch 32 or 900 steps (OUT_DIR/variance/scratch_frozen)
+#   scratch_frozen_decomp: random with that encoder frozen, the training seed apart from the
+#             selection's (seed=0 train.seed=0-9; seed=1-9 train.seed=0), and 5 pixels per image
+#             per cycle, seeds 0-9 (OUT_DIR/variance/scratch_frozen_decomp)
 #   The parts below are the fine-tuned protocol (train.reinit=false, cpu_camvid's default before):
 #   main:     the paired table's other strategies (seeds 0-4), seeds 3-4 of random and margin,
 #             and full supervision (450 steps, and 2250: what the last fine-tuned cycle has had)
@@ -125,6 +128,19 @@ if [[ $PART == scratch_frozen || $PART == all ]]; then
           "variance/scratch_frozen/full_b|budget=full $FROZEN seed=5,6,7,8,9" \
           "variance/scratch_frozen/b32_b|strategy=random $FROZEN train.batch_size=32 seed=5,6,7,8,9" \
           "variance/scratch_frozen/it900_b|strategy=random $FROZEN train.iterations=900 seed=5,6,7,8,9" &
+    wait
+fi
+if [[ $PART == scratch_frozen_decomp || $PART == all ]]; then
+    mkdir -p "$OUT/variance/scratch_frozen_decomp"
+    SYNTH=$OUT/variance/synthetic_encoder.pt
+    [[ -f $SYNTH ]] || $PYTHON benchmarks/pretrain_synthetic.py "$SYNTH" > "$OUT/variance/synthetic_encoder.log"
+    FROZEN="strategy=random model.encoder_weights=$SYNTH model.freeze_encoder=true"
+    queue "variance/scratch_frozen_decomp/train_a|$FROZEN seed=0 train.seed=0,1,2,3,4" \
+          "variance/scratch_frozen_decomp/select_a|$FROZEN seed=1,2,3,4,5 train.seed=0" \
+          "variance/scratch_frozen_decomp/px5_a|$FROZEN budget.initial=5 budget.per_cycle=5 seed=0,1,2,3,4" &
+    queue "variance/scratch_frozen_decomp/train_b|$FROZEN seed=0 train.seed=5,6,7,8,9" \
+          "variance/scratch_frozen_decomp/select_b|$FROZEN seed=6,7,8,9 train.seed=0" \
+          "variance/scratch_frozen_decomp/px5_b|$FROZEN budget.initial=5 budget.per_cycle=5 seed=5,6,7,8,9" &
     wait
 fi
 COMMON+=(train.reinit=false)  # the fine-tuned protocol from here on
