@@ -1,7 +1,6 @@
 """The `alseg` command: `run` and `data` are Hydra apps over the packaged configs; `plot` is argparse."""
 from __future__ import annotations
 
-import hashlib
 import logging
 import logging.handlers
 import os
@@ -57,11 +56,13 @@ def sweep_folder_name(override_dirname: str) -> str:
     %25 and %2F (two jobs' names stay apart), and a longer name keeps its first bytes and ends
     with a hash of the whole. Any other name is Hydra's override_dirname unchanged.
     """
+    from alseg.cache import cache_key
+
     name = override_dirname.replace("%", "%25").replace("/", "%2F")
     encoded = name.encode()
     if len(encoded) <= NAME_MAX:
         return name
-    digest = hashlib.sha1(encoded, usedforsecurity=False).hexdigest()[:16]
+    digest = cache_key(folder=name)
     return encoded[:NAME_MAX - len(digest) - 1].decode(errors="ignore") + "-" + digest
 
 

@@ -49,6 +49,12 @@ queue() {  # queue "NAME|overrides" ...: one sweep after the other
     done
 }
 
+synthetic_encoder() {  # SYNTH: the encoder pretrained on synthetic scenes, made if missing (5-7
+    # minutes; the same file on every run of a machine)
+    SYNTH=$OUT/variance/synthetic_encoder.pt
+    [[ -f $SYNTH ]] || $PYTHON benchmarks/pretrain_synthetic.py "$SYNTH" > "$OUT/variance/synthetic_encoder.log"
+}
+
 mkdir -p "$OUT"
 if [[ $PART == protocol || $PART == all ]]; then
     # one sweep, two runs at a time; its fine-tuned runs are the table's random and margin
@@ -113,8 +119,7 @@ if [[ $PART == scratch_balanced || $PART == all ]]; then
 fi
 if [[ $PART == scratch_frozen || $PART == all ]]; then
     mkdir -p "$OUT/variance/scratch_frozen"
-    SYNTH=$OUT/variance/synthetic_encoder.pt  # 5-7 minutes; the same file on every run of a machine
-    [[ -f $SYNTH ]] || $PYTHON benchmarks/pretrain_synthetic.py "$SYNTH" > "$OUT/variance/synthetic_encoder.log"
+    synthetic_encoder
     FROZEN="model.encoder_weights=$SYNTH model.freeze_encoder=true"
     queue "variance/scratch_frozen/random_a|strategy=random $FROZEN seed=0,1,2,3,4" \
           "variance/scratch_frozen/margin_a|strategy=margin $FROZEN seed=0,1,2,3,4" \
@@ -132,8 +137,7 @@ if [[ $PART == scratch_frozen || $PART == all ]]; then
 fi
 if [[ $PART == scratch_frozen_decomp || $PART == all ]]; then
     mkdir -p "$OUT/variance/scratch_frozen_decomp"
-    SYNTH=$OUT/variance/synthetic_encoder.pt
-    [[ -f $SYNTH ]] || $PYTHON benchmarks/pretrain_synthetic.py "$SYNTH" > "$OUT/variance/synthetic_encoder.log"
+    synthetic_encoder
     FROZEN="strategy=random model.encoder_weights=$SYNTH model.freeze_encoder=true"
     queue "variance/scratch_frozen_decomp/train_a|$FROZEN seed=0 train.seed=0,1,2,3,4" \
           "variance/scratch_frozen_decomp/select_a|$FROZEN seed=1,2,3,4,5 train.seed=0" \

@@ -79,12 +79,10 @@ def test_sweep_folder_names_are_one_component_apart_and_short_enough():
         assert len(names) == 2 and all(len(n.encode()) <= NAME_MAX and n.startswith("w=") for n in names)
 
 
-def test_a_sweep_over_a_long_local_path_gives_each_job_its_own_folder(tmp_path):
+def test_a_sweep_over_a_long_local_path_gives_each_job_its_own_folder(tmp_path, make_cfg):
     from alseg.model import build_model
-    from hydra import compose, initialize_config_module
 
-    with initialize_config_module(config_module="alseg.conf", version_base="1.3"):
-        model_cfg = compose(config_name="config").model
+    model_cfg = make_cfg().model
     weights = tmp_path / ("w" * 120) / ("v" * 120) / "encoder.pth"  # over 255 bytes with the rest
     weights.parent.mkdir(parents=True)
     torch.save(build_model(model_cfg, 9).net.encoder.state_dict(), weights)
