@@ -50,9 +50,10 @@ queue() {  # queue "NAME|overrides" ...: one sweep after the other
 }
 
 synthetic_encoder() {  # SYNTH: the encoder pretrained on synthetic scenes, made if missing (5-7
-    # minutes; the same file on every run of a machine)
+    # minutes; the same file on every run of a machine); FROZEN: the overrides that load it frozen
     SYNTH=$OUT/variance/synthetic_encoder.pt
     [[ -f $SYNTH ]] || $PYTHON benchmarks/pretrain_synthetic.py "$SYNTH" > "$OUT/variance/synthetic_encoder.log"
+    FROZEN="model.encoder_weights=$SYNTH model.freeze_encoder=true"
 }
 
 mkdir -p "$OUT"
@@ -120,7 +121,6 @@ fi
 if [[ $PART == scratch_frozen || $PART == all ]]; then
     mkdir -p "$OUT/variance/scratch_frozen"
     synthetic_encoder
-    FROZEN="model.encoder_weights=$SYNTH model.freeze_encoder=true"
     queue "variance/scratch_frozen/random_a|strategy=random $FROZEN seed=0,1,2,3,4" \
           "variance/scratch_frozen/margin_a|strategy=margin $FROZEN seed=0,1,2,3,4" \
           "variance/scratch_frozen/trained_a|strategy=random model.encoder_weights=$SYNTH seed=0,1,2,3,4" \
@@ -138,13 +138,13 @@ fi
 if [[ $PART == scratch_frozen_decomp || $PART == all ]]; then
     mkdir -p "$OUT/variance/scratch_frozen_decomp"
     synthetic_encoder
-    FROZEN="strategy=random model.encoder_weights=$SYNTH model.freeze_encoder=true"
-    queue "variance/scratch_frozen_decomp/train_a|$FROZEN seed=0 train.seed=0,1,2,3,4" \
-          "variance/scratch_frozen_decomp/select_a|$FROZEN seed=1,2,3,4,5 train.seed=0" \
-          "variance/scratch_frozen_decomp/px5_a|$FROZEN budget.initial=5 budget.per_cycle=5 seed=0,1,2,3,4" &
-    queue "variance/scratch_frozen_decomp/train_b|$FROZEN seed=0 train.seed=5,6,7,8,9" \
-          "variance/scratch_frozen_decomp/select_b|$FROZEN seed=6,7,8,9 train.seed=0" \
-          "variance/scratch_frozen_decomp/px5_b|$FROZEN budget.initial=5 budget.per_cycle=5 seed=5,6,7,8,9" &
+    FROZEN_RANDOM="strategy=random $FROZEN"
+    queue "variance/scratch_frozen_decomp/train_a|$FROZEN_RANDOM seed=0 train.seed=0,1,2,3,4" \
+          "variance/scratch_frozen_decomp/select_a|$FROZEN_RANDOM seed=1,2,3,4,5 train.seed=0" \
+          "variance/scratch_frozen_decomp/px5_a|$FROZEN_RANDOM budget.initial=5 budget.per_cycle=5 seed=0,1,2,3,4" &
+    queue "variance/scratch_frozen_decomp/train_b|$FROZEN_RANDOM seed=0 train.seed=5,6,7,8,9" \
+          "variance/scratch_frozen_decomp/select_b|$FROZEN_RANDOM seed=6,7,8,9 train.seed=0" \
+          "variance/scratch_frozen_decomp/px5_b|$FROZEN_RANDOM budget.initial=5 budget.per_cycle=5 seed=5,6,7,8,9" &
     wait
 fi
 COMMON+=(train.reinit=false)  # the fine-tuned protocol from here on
